@@ -1,0 +1,37 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Flask, Response, g, request
+
+from orchestrator.api import auth as _auth  # noqa: F401  (problem types)
+from orchestrator.api import context, health, problems, v1
+from orchestrator.log import reset
+from orchestrator.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None, services: context.Services | None = None) -> Flask:
+    """Build the API app: intake, webhooks, storage, health."""
+    settings = settings or get_settings()
+    app = Flask("orchestrator")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    svc = services or context.Services.build(settings)
+    context.install(app, svc)
+    problems.install(app)
+    app.register_blueprint(v1.bp)
+    app.register_blueprint(health.bp)
+
+    @app.before_request
+    def _request_id() -> None:
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+        reset(request_id=g.request_id)
+
+    @app.after_request
+    def _echo_request_id(resp: Response) -> Response:
+        resp.headers["X-Request-Id"] = g.get("request_id", "")
+        return resp
+
+    return app

@@ -1,0 +1,55 @@
+"""Per-app services and the per-request database session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask, current_app, g
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.db import make_engine, make_session_factory
+from orchestrator.queue import Publisher
+from orchestrator.settings import Settings
+
+
+@dataclass
+class Services:
+    """Everything a request may need, built once per app."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    publisher: Publisher
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        """Create the engine, session factory and broker publisher for `settings`."""
+        engine = make_engine(settings.resolved_database_url)
+        return cls(settings, engine, make_session_factory(engine), Publisher(settings))
+
+
+def services() -> Services:
+    """The current app's services."""
+    return current_app.extensions["orchestrator"]  # type: ignore[no-any-return]
+
+
+def db() -> Session:
+    """The request's session, opened on first use and closed at teardown."""
+    if "db" not in g:
+        g.db = services().sessions()
+    return g.db  # type: ignore[no-any-return]
+
+
+def close_db(_exc: BaseException | None = None) -> None:
+    """Roll back anything uncommitted and close the request's session."""
+    session = g.pop("db", None)
+    if session is not None:
+        session.rollback()
+        session.close()
+
+
+def install(app: Flask, svc: Services) -> None:
+    """Attach services to the app."""
+    app.extensions["orchestrator"] = svc
+    app.teardown_appcontext(close_db)

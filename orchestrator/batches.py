@@ -1,0 +1,187 @@
+"""Batch and job persistence: create, read, list, cancel, retry. Takes a session; never commits."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from orchestrator import state
+from orchestrator.db import new_id, utcnow
+from orchestrator.errors import Conflict, NotFound
+from orchestrator.intake import Plan
+from orchestrator.models import Batch, BatchState, Job, JobEvent, JobState
+
+PAGE_MAX = 500
+
+
+def create_batch(session: Session, tenant: str, plan: Plan, *, idempotency_key: str | None,
+                 request_hash: str | None) -> tuple[Batch, bool]:
+    """Insert a batch and all its jobs; return (batch, created). Replays an idempotent request."""
+    if idempotency_key:
+        existing = session.execute(sa.select(Batch).where(
+            Batch.tenant == tenant, Batch.idempotency_key == idempotency_key)).scalar_one_or_none()
+        if existing is not None:
+            if existing.request_hash != request_hash:
+                raise Conflict("this Idempotency-Key was already used with a different request body",
+                               batch_id=str(existing.id))
+            return existing, False
+    req = plan.request
+    now = utcnow()
+    batch = Batch(id=new_id(), tenant=tenant, name=req.name, lane=req.lane,
+                  callback_url=str(req.callback_url) if req.callback_url else None,
+                  metadata_=req.metadata, idempotency_key=idempotency_key, request_hash=request_hash,
+                  total=len(plan.jobs), count_queued=len(plan.jobs), state=BatchState.queued, created_at=now)
+    session.add(batch)
+    session.flush()
+    insert_jobs(session, batch, plan, now)
+    return batch, True
+
+
+def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime) -> None:
+    """Bulk-insert the jobs of a new batch (executemany in pages)."""
+    rows = [
+        {"id": new_id(), "batch_id": batch.id, "tenant": batch.tenant, "position": j.position,
+         "custom_id": j.custom_id, "lane": batch.lane, "requested_model": j.requested_model,
+         "provider": j.provider, "model": j.model, "params": j.params, "num_images": j.num_images,
+         "state": JobState.queued, "attempt": 0, "retries": 0, "next_attempt_at": now,
+         "callback_token": secrets.token_urlsafe(24), "created_at": now, "updated_at": now}
+        for j in plan.jobs
+    ]
+    for start in range(0, len(rows), 5000):
+        session.execute(sa.insert(Job), rows[start:start + 5000])
+
+
+def get_batch(session: Session, tenant: str, batch_id: str) -> Batch:
+    """One batch of this tenant, or NotFound (another tenant's batch is also NotFound)."""
+    bid = _uuid(batch_id)
+    batch = session.execute(sa.select(Batch).where(Batch.id == bid, Batch.tenant == tenant)).scalar_one_or_none()
+    if batch is None:
+        raise NotFound(f"no batch {batch_id}")
+    return batch
+
+
+def get_job(session: Session, tenant: str, job_id: str) -> Job:
+    """One job of this tenant, or NotFound."""
+    jid = _uuid(job_id)
+    job = session.execute(sa.select(Job).where(Job.id == jid, Job.tenant == tenant)).scalar_one_or_none()
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def job_events(session: Session, job_id: uuid.UUID) -> list[JobEvent]:
+    """A job's timeline, oldest first."""
+    return list(session.execute(sa.select(JobEvent).where(JobEvent.job_id == job_id)
+                                .order_by(JobEvent.id)).scalars())
+
+
+def list_batches(session: Session, tenant: str, *, states: list[str], cursor: str | None,
+                 limit: int) -> tuple[list[Batch], str | None]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    q = sa.select(Batch).where(Batch.tenant == tenant)
+    if states:
+        q = q.where(Batch.state.in_([_enum(BatchState, s) for s in states]))
+    if cursor:
+        created, bid = _decode_cursor(cursor)
+        q = q.where(sa.tuple_(Batch.created_at, Batch.id) < (datetime.fromisoformat(created), uuid.UUID(bid)))
+    rows = list(session.execute(q.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = _encode_cursor([rows[-1].created_at.isoformat(), str(rows[-1].id)]) if more else None
+    return rows, nxt
+
+
+def list_jobs(session: Session, batch: Batch, *, states: list[str], cursor: str | None,
+              limit: int) -> tuple[list[Job], str | None]:
+    """Jobs by position, keyset-paginated on position."""
+    q = sa.select(Job).where(Job.batch_id == batch.id)
+    if states:
+        q = q.where(Job.state.in_([_enum(JobState, s) for s in states]))
+    if cursor:
+        (after,) = _decode_cursor(cursor)
+        q = q.where(Job.position > int(after))
+    rows = list(session.execute(q.order_by(Job.position).limit(limit + 1)).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (_encode_cursor([rows[-1].position]) if more else None)
+
+
+def cancel(session: Session, batch: Batch) -> tuple[int, list[uuid.UUID]]:
+    """Cancel a batch's unfinished jobs; returns (count, job ids to cancel at the provider)."""
+    return state.cancel_batch(session, batch.id)
+
+
+def retry(session: Session, batch: Batch) -> int:
+    """Re-queue a batch's failed jobs."""
+    return state.retry_failed(session, batch.id)
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"no resource {value!r}") from None
+
+
+def _enum(cls: Any, value: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in cls)
+        raise InvalidQuery(f"unknown state {value!r}; use one of {allowed}") from None
+
+
+class InvalidQuery(NotFound):
+    """A bad list filter or cursor."""
+
+    status = 400
+    type = "https://orchestrator.dev/problems/invalid-query"
+    title = "Invalid query"
+
+
+def _encode_cursor(parts: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> list[Any]:
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(parts, list) or not parts:
+            raise ValueError
+        return parts
+    except ValueError:
+        raise InvalidQuery("the cursor is not one this API issued") from None
+
+
+def batch_json(batch: Batch) -> dict[str, Any]:
+    """The public form of a batch."""
+    return {
+        "id": str(batch.id), "name": batch.name, "lane": batch.lane, "state": batch.state.value,
+        "total": batch.total, "counts": batch.counts(), "cost": float(batch.cost or 0),
+        "callback_url": batch.callback_url, "metadata": batch.metadata_,
+        "created_at": _iso(batch.created_at), "started_at": _iso(batch.started_at),
+        "completed_at": _iso(batch.completed_at),
+    }
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """The public form of a job."""
+    return {
+        "id": str(job.id), "batch_id": str(job.batch_id), "position": job.position,
+        "custom_id": job.custom_id, "model": job.model, "requested_model": job.requested_model,
+        "provider": job.provider, "state": job.state.value, "attempt": job.attempt, "params": job.params,
+        "provider_request_id": job.provider_request_id, "error_code": job.error_code,
+        "error_message": job.error_message, "cost": float(job.cost) if job.cost is not None else None,
+        "created_at": _iso(job.created_at), "completed_at": _iso(job.completed_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

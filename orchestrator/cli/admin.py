@@ -1,0 +1,102 @@
+"""Operator commands: api, db upgrade, keys."""
+
+from __future__ import annotations
+
+import click
+
+from orchestrator.settings import Settings, get_settings
+
+
+def _settings() -> Settings:
+    from orchestrator.log import configure
+
+    settings = get_settings()
+    configure(json_logs=settings.log_json, level=settings.log_level, secrets=settings.secrets())
+    return settings
+
+
+@click.group("db")
+def db_group() -> None:
+    """Database schema commands."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply the Alembic migrations."""
+    from orchestrator.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.resolved_database_url, revision)
+    click.echo(f"database at revision {revision}")
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """API key management."""
+
+
+@keys_group.command("create")
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--role", type=click.Choice(["client", "admin"]), default="client", show_default=True)
+@click.option("--name", default="")
+def keys_create(tenant: str, role: str, name: str) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+    from orchestrator import auth
+    from orchestrator.db import make_engine, make_session_factory, session_scope
+
+    settings = _settings()
+    engine = make_engine(settings.resolved_database_url)
+    with session_scope(make_session_factory(engine)) as session:
+        key, token = auth.create_key(session, tenant, role=role, name=name)
+        prefix = key.prefix
+    engine.dispose()
+    click.echo(token)
+    click.echo(f"(key {prefix} for tenant {tenant!r}, role {role}; shown once, store it now)", err=True)
+
+
+@keys_group.command("revoke")
+@click.argument("prefix")
+def keys_revoke(prefix: str) -> None:
+    """Revoke a key by the public part after `orch_`."""
+    from orchestrator import auth
+    from orchestrator.db import make_engine, make_session_factory, session_scope
+
+    settings = _settings()
+    engine = make_engine(settings.resolved_database_url)
+    with session_scope(make_session_factory(engine)) as session:
+        count = auth.revoke(session, prefix)
+    engine.dispose()
+    click.echo(f"revoked {count} key(s)")
+
+
+@click.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes")
+@click.option("--threads", default=8, show_default=True, type=int)
+def api(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the HTTP API (intake, webhooks, storage) with gunicorn."""
+    from gunicorn.app.base import BaseApplication
+
+    _settings()
+
+    class App(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
+                               "worker_class": "gthread", "accesslog": None, "timeout": 60}.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> object:
+            from orchestrator.api.wsgi import app
+
+            return app
+
+    App().run()
+
+
+def register(main: click.Group) -> None:
+    """Attach the operator commands to the main group."""
+    main.add_command(db_group)
+    main.add_command(keys_group)
+    main.add_command(api)

@@ -1,0 +1,212 @@
+"""Turn a batch request (JSON in three forms, or JSONL) into validated job rows.
+
+Pure functions: nothing here touches the database, so every rule is testable directly and a
+rejected batch cannot leave a partial write behind.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from string import Formatter
+from typing import Any
+
+from pydantic import ValidationError
+
+from orchestrator import catalog
+from orchestrator.errors import BatchRejected, ItemProblem, TooLarge
+from orchestrator.schemas import BatchRequest, Catalog, Matrix
+
+PARAM_FIELDS = ("negative_prompt", "width", "height", "image_size", "steps", "guidance", "seed",
+                "num_images", "output_format", "loras", "native")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One validated job, ready to insert."""
+
+    position: int
+    custom_id: str
+    requested_model: str
+    provider: str
+    model: str
+    params: dict[str, Any]
+    num_images: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated batch: its options and its jobs."""
+
+    request: BatchRequest
+    jobs: list[JobSpec]
+
+
+def parse_json(raw: bytes, max_items: int) -> BatchRequest:
+    """Parse a JSON body into a BatchRequest, or raise BatchRejected saying where."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BatchRejected([ItemProblem(None, None, "body", f"invalid JSON: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise BatchRejected([ItemProblem(None, None, "body", "must be a JSON object")])
+    items = data.get("items")
+    if isinstance(items, list) and len(items) > max_items:
+        raise TooLarge(f"{len(items)} items given; at most {max_items} per batch")
+    return _validate(data)
+
+
+def parse_jsonl(raw: bytes, options: Mapping[str, str], max_items: int) -> BatchRequest:
+    """Parse a JSONL body (one item per line); batch options come from the query string."""
+    items: list[Any] = []
+    problems: list[ItemProblem] = []
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BatchRejected([ItemProblem(None, None, "body", "JSONL body must be UTF-8")]) from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if len(items) >= max_items:
+            raise TooLarge(f"more than {max_items} items; at most {max_items} per batch")
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            problems.append(ItemProblem(len(items), None, "line", f"line {number}: invalid JSON: {exc.msg}"))
+            items.append({})
+    if problems:
+        raise BatchRejected(problems)
+    if not items:
+        raise BatchRejected([ItemProblem(None, None, "body", "no items: the JSONL body is empty")])
+    data: dict[str, Any] = {"items": items}
+    for key in ("name", "lane", "callback_url"):
+        if options.get(key):
+            data[key] = options[key]
+    if options.get("model"):
+        data["defaults"] = {"model": options["model"]}
+    return _validate(data)
+
+
+def _validate(data: dict[str, Any]) -> BatchRequest:
+    try:
+        return BatchRequest.model_validate(data)
+    except ValidationError as exc:
+        raise BatchRejected([_problem_from_pydantic(err, data) for err in exc.errors()]) from None
+
+
+def _problem_from_pydantic(err: Mapping[str, Any], data: Mapping[str, Any]) -> ItemProblem:
+    loc = list(err["loc"])
+    message = err["msg"].removeprefix("Value error, ")
+    if len(loc) >= 2 and loc[0] == "items" and isinstance(loc[1], int):
+        position = loc[1]
+        raw = data["items"][position] if position < len(data["items"]) else None
+        custom_id = raw.get("custom_id") if isinstance(raw, dict) else None
+        field = ".".join(str(p) for p in loc[2:] if not str(p).startswith("function-")) or "item"
+        if err["type"] == "extra_forbidden":
+            message = "is not a known field"
+        return ItemProblem(position, custom_id if isinstance(custom_id, str) else None, field, message)
+    field = ".".join(str(p) for p in loc) or "body"
+    if err["type"] == "extra_forbidden":
+        message = "is not a known field"
+    return ItemProblem(None, None, field, message)
+
+
+def plan(request: BatchRequest, max_items: int) -> Plan:
+    """Expand the request into items, validate each against its model, reject as a whole."""
+    defaults = request.defaults.model_dump(exclude_none=True) if request.defaults else {}
+    raw_items = list(_expand(request, max_items))
+    jobs: list[JobSpec] = []
+    problems: list[ItemProblem] = []
+    seen: dict[str, int] = {}
+    for position, item in enumerate(raw_items):
+        merged = {**defaults, **item}
+        custom_id = str(merged.pop("custom_id", None) or f"item-{position}")
+        if custom_id in seen:
+            problems.append(ItemProblem(position, custom_id, "custom_id",
+                                        f"duplicate of the item at position {seen[custom_id]}"))
+            continue
+        seen[custom_id] = position
+        try:
+            jobs.append(_job(position, custom_id, merged))
+        except catalog.CatalogError as exc:
+            problems.extend(ItemProblem(position, custom_id, f, m) for f, m in exc.problems)
+    if problems:
+        raise BatchRejected(problems)
+    return Plan(request, jobs)
+
+
+def _job(position: int, custom_id: str, item: dict[str, Any]) -> JobSpec:
+    name = item.pop("model", None)
+    if not name:
+        raise catalog.CatalogError([("model", "is required (on the item or in defaults)")])
+    spec = catalog.resolve_model(name)
+    params = catalog.normalize(spec, item)
+    return JobSpec(position, custom_id, name, spec.provider, spec.id, params, params["num_images"])
+
+
+def _expand(request: BatchRequest, max_items: int) -> Iterable[dict[str, Any]]:
+    if request.items is not None:
+        for item in request.items:
+            yield item.model_dump(exclude_none=True)
+    elif request.matrix is not None:
+        yield from _expand_matrix(request.matrix, max_items)
+    elif request.catalog is not None:
+        if len(request.catalog.rows) > max_items:
+            raise TooLarge(f"{len(request.catalog.rows)} rows given; at most {max_items} per batch")
+        yield from _expand_catalog(request.catalog)
+
+
+def _common(form: Matrix | Catalog) -> dict[str, Any]:
+    base = form.model_dump(exclude_none=True, include=set(PARAM_FIELDS))
+    if form.model:
+        base["model"] = form.model
+    return base
+
+
+def _expand_matrix(m: Matrix, max_items: int) -> Iterable[dict[str, Any]]:
+    # Seeds for variants are drawn once here and stored, so every image is reproducible.
+    seeds: list[int | None] = list(m.seeds) if m.seeds is not None else (
+        [secrets.randbelow(2**31) for _ in range(m.variants)] if m.variants else [None])
+    sizes: list[Any] = list(m.sizes) if m.sizes else [None]
+    styles: list[str | None] = list(m.styles) if m.styles else [None]
+    total = len(m.prompts) * len(seeds) * len(sizes) * len(styles)
+    if total > max_items:
+        raise TooLarge(f"the matrix expands to {total} items; at most {max_items} per batch")
+    base = _common(m)
+    for pi, prompt in enumerate(m.prompts):
+        for si, seed in enumerate(seeds):
+            for zi, size in enumerate(sizes):
+                for ti, style in enumerate(styles):
+                    item = dict(base, prompt=f"{prompt}, {style}" if style else prompt)
+                    item["custom_id"] = f"p{pi}-s{si}-z{zi}-t{ti}"
+                    if seed is not None:
+                        item["seed"] = seed
+                    if size is not None:
+                        item.pop("width", None)
+                        item.pop("height", None)
+                        item["image_size"] = size if isinstance(size, str) else size.model_dump()
+                    yield item
+
+
+def _expand_catalog(c: Catalog) -> Iterable[dict[str, Any]]:
+    fields = {name for _, name, _, _ in Formatter().parse(c.template) if name}
+    base = _common(c)
+    problems: list[ItemProblem] = []
+    for i, row in enumerate(c.rows):
+        missing = sorted(f for f in fields if row.get(f) in (None, ""))
+        custom_id = str(row[c.id_field]) if c.id_field and row.get(c.id_field) not in (None, "") else None
+        if c.id_field and custom_id is None:
+            problems.append(ItemProblem(i, None, c.id_field, "id field is missing in this row"))
+        if missing:
+            problems.append(ItemProblem(i, custom_id, "template",
+                                        f"row has no value for {', '.join(missing)}"))
+            continue
+        try:
+            prompt = c.template.format_map({k: "" if v is None else v for k, v in row.items()})
+        except (ValueError, IndexError) as exc:
+            raise BatchRejected([ItemProblem(None, None, "catalog.template", str(exc))]) from None
+        yield dict(base, prompt=prompt, custom_id=custom_id or f"row-{i}")
+    if problems:
+        raise BatchRejected(problems)

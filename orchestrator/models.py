@@ -1,0 +1,249 @@
+"""The domain's tables: batches, jobs, assets, deliveries, job events, schedules, API keys."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from orchestrator.db import Base, JSONType, new_id, utcnow
+
+Timestamp = sa.DateTime(timezone=True)
+Money = sa.Numeric(12, 6)
+
+
+class JobState(enum.StrEnum):
+    """A job's lifecycle; see orchestrator.state for the allowed moves."""
+
+    queued = "queued"
+    submitting = "submitting"
+    submitted = "submitted"
+    storing = "storing"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class BatchState(enum.StrEnum):
+    """A batch's lifecycle: it takes one final state exactly once."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    partially_failed = "partially_failed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> sa.Enum:
+    # Stored as plain strings with a CHECK constraint: portable to SQLite and
+    # cheap to extend in a migration, unlike native Postgres enums.
+    return sa.Enum(cls, name=name, native_enum=False, create_constraint=True, length=24,
+                   values_callable=lambda e: [m.value for m in e])
+
+
+class Batch(Base):
+    """A set of jobs submitted together."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "idempotency_key"),
+        sa.Index("ix_batches_tenant_created", "tenant", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(200), default="")
+    lane: Mapped[str] = mapped_column(sa.String(16), default="interactive")
+    state: Mapped[BatchState] = mapped_column(_enum(BatchState, "batch_state"), default=BatchState.queued)
+    callback_url: Mapped[str | None] = mapped_column(sa.String(2000))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(200))
+    request_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("schedules.id", ondelete="SET NULL"))
+    total: Mapped[int] = mapped_column(default=0)
+    count_queued: Mapped[int] = mapped_column(default=0)
+    count_submitting: Mapped[int] = mapped_column(default=0)
+    count_submitted: Mapped[int] = mapped_column(default=0)
+    count_storing: Mapped[int] = mapped_column(default=0)
+    count_succeeded: Mapped[int] = mapped_column(default=0)
+    count_failed: Mapped[int] = mapped_column(default=0)
+    count_cancelled: Mapped[int] = mapped_column(default=0)
+    cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    completed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    completion_round: Mapped[int] = mapped_column(default=0)
+
+    def counts(self) -> dict[str, int]:
+        """Job counts by state."""
+        return {s.value: getattr(self, f"count_{s.value}") for s in JobState}
+
+
+class Job(Base):
+    """One provider request: one prompt and its parameters, possibly several images."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.UniqueConstraint("batch_id", "custom_id"),
+        sa.UniqueConstraint("batch_id", "position"),
+        sa.Index("ix_jobs_due", "state", "provider", "lane", "next_attempt_at"),
+        sa.Index("ix_jobs_provider_request_id", "provider", "provider_request_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    batch_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("batches.id", ondelete="CASCADE"))
+    tenant: Mapped[str] = mapped_column(sa.String(64))
+    position: Mapped[int] = mapped_column()
+    custom_id: Mapped[str] = mapped_column(sa.String(200))
+    lane: Mapped[str] = mapped_column(sa.String(16), default="interactive")
+    requested_model: Mapped[str] = mapped_column(sa.String(120))
+    provider: Mapped[str] = mapped_column(sa.String(16))
+    model: Mapped[str] = mapped_column(sa.String(120))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    num_images: Mapped[int] = mapped_column(default=1)
+    state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.queued)
+    # `attempt` only grows (callback URLs name it); `retries` counts transient
+    # failures in the current round and is reset when a user retries the job.
+    attempt: Mapped[int] = mapped_column(default=0)
+    retries: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    provider_request_id: Mapped[str | None] = mapped_column(sa.String(120))
+    callback_token: Mapped[str | None] = mapped_column(sa.String(64))
+    error_code: Mapped[str | None] = mapped_column(sa.String(80))
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    cost: Mapped[Decimal | None] = mapped_column(Money)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    submitted_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    callback_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    completed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class Asset(Base):
+    """One image of a job: where the provider had it and where we stored it."""
+
+    __tablename__ = "assets"
+    __table_args__ = (
+        sa.UniqueConstraint("job_id", "index"),
+        sa.UniqueConstraint("job_id", "provider_image_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    job_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column()
+    provider_image_id: Mapped[str | None] = mapped_column(sa.String(120))
+    source_url: Mapped[str | None] = mapped_column(sa.Text)
+    storage_key: Mapped[str | None] = mapped_column(sa.String(1000))
+    content_type: Mapped[str | None] = mapped_column(sa.String(40))
+    width: Mapped[int | None] = mapped_column()
+    height: Mapped[int | None] = mapped_column()
+    bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    # Seeds can exceed 2**63 (fal); a decimal string keeps them exact everywhere.
+    seed: Mapped[str | None] = mapped_column(sa.String(40))
+    nsfw: Mapped[bool | None] = mapped_column()
+    cost: Mapped[Decimal | None] = mapped_column(Money)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    stored_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class Delivery(Base):
+    """The webhook inbox: every callback received, verified or not."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        # NULL event keys (unverified deliveries) never collide, so forgeries are all kept.
+        sa.UniqueConstraint("provider", "event_key"),
+        sa.Index("ix_deliveries_unprocessed", "processed_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    provider: Mapped[str] = mapped_column(sa.String(16))
+    event_key: Mapped[str | None] = mapped_column(sa.String(300))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("jobs.id", ondelete="SET NULL"))
+    attempt: Mapped[int | None] = mapped_column()
+    verified: Mapped[bool] = mapped_column(default=False)
+    rejection: Mapped[str | None] = mapped_column(sa.String(200))
+    headers: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    body: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    duplicates: Mapped[int] = mapped_column(default=0)
+    received_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    outcome: Mapped[str | None] = mapped_column(sa.String(200))
+
+
+class JobEvent(Base):
+    """Append-only timeline of a job, for the dashboard and audits."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (sa.Index("ix_job_events_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(sa.String(40))
+    attempt: Mapped[int] = mapped_column(default=0)
+    from_state: Mapped[str | None] = mapped_column(sa.String(24))
+    to_state: Mapped[str | None] = mapped_column(sa.String(24))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Schedule(Base):
+    """A cron-driven batch template (nightly catalog generation)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (sa.UniqueConstraint("tenant", "name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    cron: Mapped[str] = mapped_column(sa.String(120))
+    timezone: Mapped[str] = mapped_column(sa.String(64), default="UTC")
+    template: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    overlap_policy: Mapped[str] = mapped_column(sa.String(8), default="skip")
+    catchup_window_seconds: Mapped[int] = mapped_column(default=3600)
+    next_run_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_run_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_batch_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class ApiKey(Base):
+    """A client or admin credential; only a hash of the secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(200), default="")
+    role: Mapped[str] = mapped_column(sa.String(16), default="client")
+    prefix: Mapped[str] = mapped_column(sa.String(16), index=True)
+    secret_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    revoked: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class ProviderAccount(Base):
+    """Shared admission state per provider account: token bucket and breaker.
+
+    Workers lock this row to admit a submission, so the limits hold across any number
+    of processes and machines without a second coordination service.
+    """
+
+    __tablename__ = "provider_accounts"
+
+    provider: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    tokens: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    refilled_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    blocked_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    breaker_open_until: Mapped[datetime | None] = mapped_column(Timestamp)

@@ -1,0 +1,96 @@
+"""The only link from the API and domain to the workers: task names and a publisher.
+
+Messages are nudges ("look at job X now"), never the source of truth, and are sent only after
+the transaction that made them meaningful has committed. A failed send is logged and dropped:
+the periodic sweep finds the work in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Task names, shared by name only with workers/.
+DISPATCH = "workers.dispatch.dispatch_due"
+SUBMIT_JOB = "workers.dispatch.submit_job"
+CANCEL_AT_PROVIDER = "workers.dispatch.cancel_at_provider"
+PROCESS_DELIVERY = "workers.webhooks.process_delivery"
+STORE_JOB = "workers.storage.store_job"
+NOTIFY_BATCH = "workers.callbacks.notify_batch"
+SWEEP = "workers.maintenance.sweep"
+
+QUEUES = {
+    DISPATCH: "dispatch", SUBMIT_JOB: "dispatch", CANCEL_AT_PROVIDER: "dispatch",
+    PROCESS_DELIVERY: "webhooks", STORE_JOB: "storage", NOTIFY_BATCH: "webhooks", SWEEP: "maintenance",
+}
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """Celery broker settings shared by the publisher and the workers."""
+    url = settings.resolved_broker_url
+    opts: dict[str, Any] = {"broker_url": url, "broker_connection_retry_on_startup": True}
+    if url.startswith("filesystem://"):
+        folder = (settings.data_dir / "broker").resolve()
+        (folder / "processed").mkdir(parents=True, exist_ok=True)
+        opts["broker_transport_options"] = {"data_folder_in": str(folder), "data_folder_out": str(folder),
+                                            "processed_folder": str(folder / "processed"),
+                                            "store_processed": False}
+    else:
+        # Longer than any task or countdown we schedule, so Redis never redelivers a live task.
+        opts["broker_transport_options"] = {"visibility_timeout": 3600, "socket_connect_timeout": 3,
+                                            "socket_timeout": 5}
+    return opts
+
+
+class Publisher:
+    """Sends task messages by name; never raises."""
+
+    def __init__(self, settings: Settings):
+        self._app = Celery("orchestrator-publisher", set_as_current=False)
+        self._app.conf.update(broker_options(settings), task_serializer="json", accept_content=["json"],
+                              broker_connection_retry=False, broker_connection_max_retries=0)
+
+    def send(self, name: str, *args: Any, countdown: float | None = None) -> bool:
+        """Publish one message now; False (logged) if the broker is unreachable."""
+        try:
+            self._app.send_task(name, args=list(args), queue=QUEUES[name], countdown=countdown,
+                                retry=False, ignore_result=True)
+            return True
+        except Exception as exc:  # the database is the source of truth; a lost nudge is recovered by the sweep
+            log.warning("broker send failed", extra={"task": name, "error": type(exc).__name__})
+            return False
+
+    def after_commit(self, session: Session, name: str, *args: Any, countdown: float | None = None) -> None:
+        """Publish once `session` commits; dropped if it rolls back."""
+        pending: list[tuple[str, tuple[Any, ...], float | None]] = session.info.setdefault("outbox", [])
+        if not pending:
+            event.listen(session, "after_commit", self._flush, once=True)
+            event.listen(session, "after_rollback", _discard, once=True)
+        pending.append((name, args, countdown))
+
+    def _flush(self, session: Session) -> None:
+        for name, args, countdown in session.info.pop("outbox", []):
+            self.send(name, *args, countdown=countdown)
+
+    def close(self) -> None:
+        """Release broker connections."""
+        self._app.close()
+
+
+def _discard(session: Session) -> None:
+    session.info.pop("outbox", None)
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create a directory if needed and return it."""
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,99 @@
+"""The one typed settings object, read from the environment once.
+
+With nothing set, every value points at the embedded default: SQLite, a filesystem broker and
+local storage in a data directory, so the product runs with no server installed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with its environment variable name."""
+
+    model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Path(".orchestrator")
+    database_url: str = ""
+    broker_url: str = ""
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    api_url: str = "http://127.0.0.1:8000"
+    secret_key: SecretStr = SecretStr("")
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    fal_key: SecretStr = Field(default=SecretStr(""), validation_alias="FAL_KEY")
+    runware_api_key: SecretStr = Field(default=SecretStr(""), validation_alias="RUNWARE_API_KEY")
+    fal_queue_url: str = "https://queue.fal.run"
+    runware_api_url: str = "https://api.runware.ai/v1"
+    fal_jwks_url: str = "https://rest.fal.ai/.well-known/jwks.json"
+    fal_user_id: str = ""
+
+    fal_max_in_flight: int = Field(default=2, ge=1)
+    fal_rate_per_second: float = Field(default=10.0, gt=0)
+    runware_max_in_flight: int = Field(default=4, ge=1)
+    runware_rate_per_second: float = Field(default=10.0, gt=0)
+
+    max_items_per_batch: int = Field(default=100_000, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_attempts: int = Field(default=5, ge=1)
+    callback_timeout_seconds: int = Field(default=600, ge=5)
+    download_max_bytes: int = Field(default=40 * 1024 * 1024, ge=1024)
+    download_allowed_hosts: str = "fal.media,*.fal.media,im.runware.ai,*.runware.ai"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'orchestrator.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        """The broker URL; the embedded default is Kombu's filesystem transport."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """The storage URL, defaulting to a directory inside the data directory."""
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "storage").resolve().as_uri()
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the database is the embedded SQLite default."""
+        return self.resolved_database_url.startswith("sqlite")
+
+    def resolved_secret_key(self) -> str:
+        """The signing secret; the embedded default keeps a generated one in the data dir."""
+        value = self.secret_key.get_secret_value()
+        if value:
+            return value
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(32)
+        path.write_text(value)
+        path.chmod(0o600)
+        return value
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured secret value, for redaction."""
+        values = (self.secret_key, self.fal_key, self.runware_api_key)
+        return tuple(v.get_secret_value() for v in values if v.get_secret_value())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read the settings from the environment once per process."""
+    return Settings()
