@@ -91,7 +91,7 @@ class BatchRequest(BaseModel):
     callback_url: HttpUrl | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     defaults: Defaults | None = None
-    items: list[Item] | None = None
+    items: list[Item] | None = Field(default=None, min_length=1)
     matrix: Matrix | None = None
     catalog: Catalog | None = None
 

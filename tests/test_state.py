@@ -66,7 +66,7 @@ def test_expect_narrows_source_states(session: Session) -> None:
 
 
 def test_terminal_is_final_and_late_events_change_nothing(session: Session) -> None:
-    batch, (job,) = make_batch(session, [S.storing])
+    _batch, (job,) = make_batch(session, [S.storing])
     assert state.transition(session, job.id, S.succeeded, kind="stored").applied
     for late in (S.failed, S.storing, S.queued, S.cancelled):
         assert not state.transition(session, job.id, late, kind="late", reason="late").applied

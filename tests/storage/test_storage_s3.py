@@ -1,0 +1,159 @@
+"""The S3 backend against a real S3-compatible server (moto in server mode) on loopback.
+
+moto does not check presigned signatures or expiry; the local backend's tests cover those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import uuid
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config
+from flask import Flask
+from moto.server import ThreadedMotoServer
+from PIL import Image
+from werkzeug.serving import make_server
+
+from orchestrator.netutil import free_port
+from orchestrator.storage.base import StorageError, object_key
+from orchestrator.storage.factory import storage_from_url
+from orchestrator.storage.images import download_image, upload, verify_image
+from orchestrator.storage.s3 import S3Storage
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Dummy credentials, and no host AWS config leaking in."""
+    missing = tmp_path_factory.getbasetemp() / "no-aws-config"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTTESTTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "dummy-secret-access-key")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(missing))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(missing))
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def bucket(endpoint: str, aws_env: None) -> str:
+    name = f"orch-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=5) as c:
+        yield c
+
+
+def jpeg_bytes(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 120, 240)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_presigned_round_trip(endpoint: str, bucket: str, client: httpx.Client) -> None:
+    storage = storage_from_url(f"s3://{bucket}/renders/v1", s3_endpoint_url=endpoint, secret_key="", public_url="")
+    key = object_key("acme", "b42", 3, "red/shoe", 0, "jpg")
+    data = jpeg_bytes(64, 40)
+
+    put_url = storage.presign_put(key, "image/jpeg", 300)
+    # Path-style addressing on a custom endpoint, SigV4, content type bound to the signature.
+    assert put_url.startswith(f"{endpoint}/{bucket}/renders/v1/acme/b42/3-red_shoe/0.jpg?")
+    query = parse_qs(urlsplit(put_url).query)
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    assert "content-type" in query["X-Amz-SignedHeaders"][0]
+    assert query["X-Amz-Expires"] == ["300"]
+    upload(client, put_url, data, "image/jpeg", timeout=5)
+
+    resp = client.get(storage.presign_get(key, 300))
+    assert resp.status_code == 200
+    assert hashlib.sha256(resp.content).hexdigest() == hashlib.sha256(data).hexdigest()
+
+    info = storage.head(key)
+    assert info is not None
+    assert (info.key, info.size, info.content_type) == (key, len(data), "image/jpeg")
+    # The prefix lives in the backend, not in the logical key.
+    raw = boto3.client("s3", endpoint_url=endpoint).head_object(Bucket=bucket, Key=f"renders/v1/{key}")
+    assert raw["ContentLength"] == len(data)
+
+
+def test_store_pipeline_from_presigned_get(endpoint: str, bucket: str, client: httpx.Client) -> None:
+    storage = S3Storage(bucket, endpoint_url=endpoint)
+    key = object_key("acme", "b1", 0, "x", 0, "jpg")
+    upload(client, storage.presign_put(key, "image/jpeg", 60), jpeg_bytes(48, 32), "image/jpeg", 5)
+
+    host = urlsplit(endpoint).netloc
+    data = download_image(client, storage.presign_get(key, 60), allowed_hosts=[host], max_bytes=1 << 20, timeout=5)
+    image = verify_image(data, expected_format="jpeg", width=48, height=32)
+    info = storage.head(key)
+    assert info is not None and info.size == image.size
+
+
+def test_head_of_missing_key_is_none(endpoint: str, bucket: str) -> None:
+    assert S3Storage(bucket, "p", endpoint_url=endpoint).head("acme/b/0-x/0.png") is None
+
+
+def _client_without_retries(endpoint_url: str) -> object:
+    config = Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 1})
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def test_head_on_unreachable_endpoint_is_a_storage_error() -> None:
+    endpoint_url = f"http://127.0.0.1:{free_port()}"
+    storage = S3Storage("b", endpoint_url=endpoint_url, client=_client_without_retries(endpoint_url))
+    with pytest.raises(StorageError) as info:
+        storage.head("acme/b/0-x/0.png")
+    assert "dummy-secret" not in str(info.value)
+
+
+def test_head_denied_is_a_storage_error_not_missing() -> None:
+    app = Flask(__name__)
+    app.add_url_rule("/<path:_p>", "deny", lambda _p: ("", 403), methods=["HEAD", "GET"])
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint_url = f"http://127.0.0.1:{port}"
+        storage = S3Storage("b", endpoint_url=endpoint_url, client=_client_without_retries(endpoint_url))
+        with pytest.raises(StorageError, match="403"):
+            storage.head("acme/b/0-x/0.png")
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+def test_describe_hides_endpoint_credentials(endpoint: str) -> None:
+    port = urlsplit(endpoint).port
+    storage = S3Storage("b", "p/q", endpoint_url=f"http://user:hunter22@127.0.0.1:{port}")
+    assert storage.describe() == f"s3://b/p/q at http://127.0.0.1:{port}"
+    assert S3Storage("b").describe() == "s3://b"
+
+
+@pytest.mark.parametrize("expires_in", [0, -1, 7 * 24 * 3600 + 1])
+def test_presign_rejects_bad_expiry(expires_in: int) -> None:
+    with pytest.raises(ValueError):
+        S3Storage("b").presign_get("a/b.png", expires_in)
+
+
+def test_presign_rejects_unsafe_keys() -> None:
+    with pytest.raises(ValueError):
+        S3Storage("b", "p").presign_put("../escape.png", "image/png", 60)
