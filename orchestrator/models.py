@@ -80,6 +80,7 @@ class Batch(Base):
     completed_at: Mapped[datetime | None] = mapped_column(Timestamp)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(Timestamp)
     completion_round: Mapped[int] = mapped_column(default=0)
+    notified_round: Mapped[int] = mapped_column(default=0)
 
     def counts(self) -> dict[str, int]:
         """Job counts by state."""
@@ -95,6 +96,7 @@ class Job(Base):
         sa.UniqueConstraint("batch_id", "position"),
         sa.Index("ix_jobs_due", "state", "provider", "lane", "next_attempt_at"),
         sa.Index("ix_jobs_provider_request_id", "provider", "provider_request_id"),
+        sa.Index("ix_jobs_state_updated", "state", "updated_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -115,6 +117,14 @@ class Job(Base):
     retries: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp)
     provider_request_id: Mapped[str | None] = mapped_column(sa.String(120))
+    # Provider extras from the submit answer (fal's status/response/cancel URLs).
+    provider_meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # Runware taskUUID of the current attempt, chosen before the call so we can ask about it.
+    task_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # Set (and committed) just before the provider call: the "about to submit" intent. A job in
+    # `submitting` with this set may have reached the provider, so it is never resent blindly.
+    submit_started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_polled_at: Mapped[datetime | None] = mapped_column(Timestamp)
     callback_token: Mapped[str | None] = mapped_column(sa.String(64))
     error_code: Mapped[str | None] = mapped_column(sa.String(80))
     error_message: Mapped[str | None] = mapped_column(sa.Text)

@@ -10,6 +10,8 @@ from orchestrator.api import auth as _auth  # noqa: F401  (problem types)
 from orchestrator.api import context, health, problems, v1
 from orchestrator.log import reset
 from orchestrator.settings import Settings, get_settings
+from orchestrator.storage.local import LocalStorage
+from orchestrator.storage.local_blueprint import make_storage_blueprint
 
 
 def create_app(settings: Settings | None = None, services: context.Services | None = None) -> Flask:
@@ -23,6 +25,9 @@ def create_app(settings: Settings | None = None, services: context.Services | No
     problems.install(app)
     app.register_blueprint(v1.bp)
     app.register_blueprint(health.bp)
+    if isinstance(svc.storage, LocalStorage):
+        # The embedded default serves its own signed, expiring storage URLs.
+        app.register_blueprint(make_storage_blueprint(svc.storage))
 
     @app.before_request
     def _request_id() -> None:

@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.db import make_engine, make_session_factory
 from orchestrator.queue import Publisher
 from orchestrator.settings import Settings
+from orchestrator.storage.base import Storage
+from orchestrator.storage.factory import storage_from_url
 
 
 @dataclass
@@ -21,12 +23,19 @@ class Services:
     engine: Engine
     sessions: sessionmaker[Session]
     publisher: Publisher
+    storage: Storage
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        """Create the engine, session factory and broker publisher for `settings`."""
+        """Create the engine, session factory, broker publisher and storage for `settings`."""
         engine = make_engine(settings.resolved_database_url)
-        return cls(settings, engine, make_session_factory(engine), Publisher(settings))
+        return cls(settings, engine, make_session_factory(engine), Publisher(settings), make_storage(settings))
+
+
+def make_storage(settings: Settings) -> Storage:
+    """The storage backend the settings name (local directory by default)."""
+    return storage_from_url(settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url,
+                            secret_key=settings.resolved_secret_key(), public_url=settings.public_url)
 
 
 def services() -> Services:

@@ -1,8 +1,8 @@
 """create core tables
 
-Revision ID: ed03d606a2a0
+Revision ID: 05379dc012f6
 Revises: 
-Create Date: 2026-11-21 05:06:36.685622
+Create Date: 2026-11-21 05:14:28.952761
 
 Every migration must stay compatible with the previous release's code: split breaking
 changes into expand and contract steps. Never import application models here.
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = 'ed03d606a2a0'
+revision: str = '05379dc012f6'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -86,6 +86,7 @@ def upgrade() -> None:
     sa.Column('completed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('cancel_requested_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('completion_round', sa.Integer(), nullable=False),
+    sa.Column('notified_round', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['schedule_id'], ['schedules.id'], name=op.f('fk_batches_schedule_id_schedules'), ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_batches')),
     sa.UniqueConstraint('tenant', 'idempotency_key', name=op.f('uq_batches_tenant_idempotency_key'))
@@ -108,6 +109,10 @@ def upgrade() -> None:
     sa.Column('retries', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('provider_request_id', sa.String(length=120), nullable=True),
+    sa.Column('provider_meta', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('task_id', sa.String(length=64), nullable=True),
+    sa.Column('submit_started_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('last_polled_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('callback_token', sa.String(length=64), nullable=True),
     sa.Column('error_code', sa.String(length=80), nullable=True),
     sa.Column('error_message', sa.Text(), nullable=True),
@@ -124,6 +129,7 @@ def upgrade() -> None:
     )
     op.create_index('ix_jobs_due', 'jobs', ['state', 'provider', 'lane', 'next_attempt_at'], unique=False)
     op.create_index('ix_jobs_provider_request_id', 'jobs', ['provider', 'provider_request_id'], unique=False)
+    op.create_index('ix_jobs_state_updated', 'jobs', ['state', 'updated_at'], unique=False)
     op.create_table('assets',
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('job_id', sa.Uuid(), nullable=False),
@@ -188,6 +194,7 @@ def downgrade() -> None:
     op.drop_index('ix_deliveries_unprocessed', table_name='deliveries')
     op.drop_table('deliveries')
     op.drop_table('assets')
+    op.drop_index('ix_jobs_state_updated', table_name='jobs')
     op.drop_index('ix_jobs_provider_request_id', table_name='jobs')
     op.drop_index('ix_jobs_due', table_name='jobs')
     op.drop_table('jobs')
