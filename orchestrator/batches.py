@@ -44,9 +44,9 @@ def create_batch(session: Session, tenant: str, plan: Plan, *, idempotency_key: 
     return batch, True
 
 
-def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime) -> None:
-    """Bulk-insert the jobs of a new batch (executemany in pages)."""
-    rows = [
+def job_rows(batch: Batch, plan: Plan, now: datetime) -> list[dict[str, Any]]:
+    """The `jobs` rows of a new batch, keyed by column attribute (also used by bench/intake.py)."""
+    return [
         {"id": new_id(), "batch_id": batch.id, "tenant": batch.tenant, "position": j.position,
          "custom_id": j.custom_id, "lane": batch.lane, "requested_model": j.requested_model,
          "provider": j.provider, "model": j.model, "params": j.params, "num_images": j.num_images,
@@ -54,6 +54,11 @@ def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime) -> No
          "callback_token": secrets.token_urlsafe(24), "created_at": now, "updated_at": now}
         for j in plan.jobs
     ]
+
+
+def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime) -> None:
+    """Bulk-insert the jobs of a new batch (executemany in pages)."""
+    rows = job_rows(batch, plan, now)
     for start in range(0, len(rows), 5000):
         session.execute(sa.insert(Job), rows[start:start + 5000])
 

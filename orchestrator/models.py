@@ -257,3 +257,12 @@ class ProviderAccount(Base):
     blocked_until: Mapped[datetime | None] = mapped_column(Timestamp)
     consecutive_failures: Mapped[int] = mapped_column(default=0)
     breaker_open_until: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class Heartbeat(Base):
+    """Proof that a worker consumed a message recently (for /readyz), one row per queue."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

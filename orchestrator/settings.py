@@ -49,6 +49,19 @@ class Settings(BaseSettings):
     download_max_bytes: int = Field(default=40 * 1024 * 1024, ge=1024)
     download_allowed_hosts: str = "fal.media,*.fal.media,im.runware.ai,*.runware.ai"
 
+    # Pacing of retries, polling and the sweep; tests shrink these.
+    retry_base_seconds: float = Field(default=2.0, gt=0)
+    retry_max_seconds: float = Field(default=300.0, gt=0)
+    poll_after_seconds: float = Field(default=60.0, gt=0)
+    poll_interval_seconds: float = Field(default=30.0, gt=0)
+    claim_stale_seconds: float = Field(default=60.0, gt=0)
+    storing_stale_seconds: float = Field(default=300.0, gt=0)
+    sweep_interval_seconds: float = Field(default=10.0, gt=0)
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    store_concurrency: int = Field(default=4, ge=1)
+    worker_concurrency: int = Field(default=4, ge=1)
+
     @property
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite inside the data directory."""
@@ -86,6 +99,23 @@ class Settings(BaseSettings):
         path.write_text(value)
         path.chmod(0o600)
         return value
+
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """Hosts the store step may download from: the providers' CDNs and their API hosts."""
+        from urllib.parse import urlsplit
+
+        hosts = [h.strip() for h in self.download_allowed_hosts.split(",") if h.strip()]
+        for url in (self.fal_queue_url, self.runware_api_url):
+            parts = urlsplit(url)
+            if parts.hostname:
+                hosts.append(parts.netloc.rsplit("@", 1)[-1])
+        return tuple(dict.fromkeys(hosts))
+
+    def provider_limits(self, provider: str) -> tuple[int, float]:
+        """(max in flight, requests per second) for a provider account."""
+        if provider == "fal":
+            return self.fal_max_in_flight, self.fal_rate_per_second
+        return self.runware_max_in_flight, self.runware_rate_per_second
 
     def secrets(self) -> tuple[str, ...]:
         """Every configured secret value, for redaction."""

@@ -159,7 +159,16 @@ def _finish_if_done(session: Session, batch: Batch, now: datetime) -> BatchState
         .where(Batch.id == batch.id, Batch.state.not_in(FINAL_BATCH))
         .values(state=final, completed_at=now, completion_round=Batch.completion_round + 1)
     )
-    return final if done.rowcount == 1 else None  # type: ignore[attr-defined]
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    # Whoever commits this session announces the completion (see finished_batches()).
+    session.info.setdefault("finished_batches", set()).add(batch.id)
+    return final
+
+
+def finished_batches(session: Session) -> set[uuid.UUID]:
+    """Batches that took their final state in this session's transaction (and forget them)."""
+    return session.info.pop("finished_batches", set())  # type: ignore[no-any-return]
 
 
 def final_state(succeeded: int, failed: int, cancelled: int) -> BatchState:

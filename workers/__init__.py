@@ -1,0 +1,4 @@
+"""Celery workers: dispatch, webhook processing, storage, callbacks and the sweep.
+
+Only `orchestrator`'s command-line entry point imports this package.
+"""

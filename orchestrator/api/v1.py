@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from orchestrator import batches, catalog, intake, queue
+from orchestrator import batches, catalog, intake, queue, state
 from orchestrator.api.auth import require_key
 from orchestrator.api.context import db, services
 from orchestrator.api.problems import BASE, problem
@@ -85,6 +85,8 @@ def cancel_batch(batch_id: str) -> Response:
     count, at_provider = batches.cancel(session, batch)
     for job_id in at_provider:
         services().publisher.after_commit(session, queue.CANCEL_AT_PROVIDER, str(job_id))
+    for finished in state.finished_batches(session):
+        services().publisher.after_commit(session, queue.NOTIFY_BATCH, str(finished))
     session.commit()
     session.refresh(batch)
     return jsonify({**batches.batch_json(batch), "cancelled_jobs": count})

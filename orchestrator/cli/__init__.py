@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from orchestrator.cli import admin
+from orchestrator.cli import admin, run
 
 
 @click.group()
@@ -15,6 +15,7 @@ def main() -> None:
 
 
 admin.register(main)
+run.register(main)
 
 try:  # the sandbox commands ship with the package; guarded only while they are being built
     from orchestrator.cli.sandbox import sandbox

@@ -1,8 +1,8 @@
 """create core tables
 
-Revision ID: 05379dc012f6
+Revision ID: a913d1656629
 Revises: 
-Create Date: 2026-11-21 05:14:28.952761
+Create Date: 2026-11-21 05:19:04.303874
 
 Every migration must stay compatible with the previous release's code: split breaking
 changes into expand and contract steps. Never import application models here.
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = '05379dc012f6'
+revision: str = 'a913d1656629'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -35,6 +35,11 @@ def upgrade() -> None:
     sa.UniqueConstraint('secret_hash', name=op.f('uq_api_keys_secret_hash'))
     )
     op.create_index(op.f('ix_api_keys_prefix'), 'api_keys', ['prefix'], unique=False)
+    op.create_table('heartbeats',
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('seen_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('name', name=op.f('pk_heartbeats'))
+    )
     op.create_table('provider_accounts',
     sa.Column('provider', sa.String(length=16), nullable=False),
     sa.Column('tokens', sa.Float(), nullable=False),
@@ -202,6 +207,7 @@ def downgrade() -> None:
     op.drop_table('batches')
     op.drop_table('schedules')
     op.drop_table('provider_accounts')
+    op.drop_table('heartbeats')
     op.drop_index(op.f('ix_api_keys_prefix'), table_name='api_keys')
     op.drop_table('api_keys')
     # ### end Alembic commands ###

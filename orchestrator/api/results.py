@@ -1,0 +1,73 @@
+"""GET /v1/batches/<id>/results: a JSONL manifest, streamed, one line per job."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, g, jsonify, stream_with_context
+
+from orchestrator import batches, signing
+from orchestrator.api.auth import require_key
+from orchestrator.api.context import db, services
+from orchestrator.models import Asset, Job
+from orchestrator.storage.base import Storage
+
+bp = Blueprint("results", __name__, url_prefix="/v1")
+PAGE = 1000
+LINK_SECONDS = 3600
+
+
+@bp.get("/batches/<batch_id>/results")
+@require_key()
+def results(batch_id: str) -> Response:
+    """Stream the manifest with fresh presigned GET links (valid one hour)."""
+    bid = batches.get_batch(db(), g.tenant, batch_id).id
+    factory, storage = services().sessions, services().storage
+
+    def lines() -> Iterator[str]:
+        after = -1
+        with factory() as session:
+            while True:
+                jobs = list(session.execute(sa.select(Job).where(Job.batch_id == bid, Job.position > after)
+                                            .order_by(Job.position).limit(PAGE)).scalars())
+                if not jobs:
+                    return
+                assets = _assets(session, [j.id for j in jobs])
+                for job in jobs:
+                    yield json.dumps(manifest_line(job, assets.get(job.id, []), storage)) + "\n"
+                after = jobs[-1].position
+
+    return Response(stream_with_context(lines()), mimetype="application/x-ndjson",
+                    headers={"Content-Disposition": f'inline; filename="batch-{bid}.jsonl"'})
+
+
+def _assets(session: sa.orm.Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Asset]]:
+    out: dict[uuid.UUID, list[Asset]] = {}
+    for asset in session.execute(sa.select(Asset).where(Asset.job_id.in_(job_ids), Asset.stored_at.is_not(None))
+                                 .order_by(Asset.job_id, Asset.index)).scalars():
+        out.setdefault(asset.job_id, []).append(asset)
+    return out
+
+
+def manifest_line(job: Job, assets: list[Asset], storage: Storage) -> dict[str, Any]:
+    """One job's manifest entry."""
+    images = [{"index": a.index, "storage_key": a.storage_key, "url": storage.presign_get(a.storage_key, LINK_SECONDS),
+               "sha256": a.sha256, "width": a.width, "height": a.height, "content_type": a.content_type,
+               "bytes": a.bytes, "seed": int(a.seed) if a.seed is not None else None, "nsfw": a.nsfw}
+              for a in assets if a.storage_key]
+    error = {"code": job.error_code, "message": job.error_message} if job.error_code or job.error_message else None
+    return {"custom_id": job.custom_id, "position": job.position, "job_id": str(job.id), "status": job.state.value,
+            "model": job.model, "provider": job.provider, "prompt": job.params.get("prompt"), "images": images,
+            "seed": images[0]["seed"] if images else job.params.get("seed"),
+            "cost": float(job.cost) if job.cost is not None else None, "error": error}
+
+
+@bp.get("/callback-secret")
+@require_key()
+def callback_secret() -> Response:
+    """This tenant's Standard Webhooks signing secret for batch.completed callbacks."""
+    return jsonify({"secret": signing.tenant_secret(services().settings.resolved_secret_key(), g.tenant)})

@@ -1,0 +1,148 @@
+"""A whole running system for end-to-end tests, all on loopback.
+
+Both provider sandboxes in-process, the API on a real threaded HTTP server, and real
+`orchestrator worker` / `orchestrator beat` processes talking to the test Postgres and Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from werkzeug.serving import make_server
+
+from orchestrator.netutil import free_port
+from orchestrator.sandbox.config import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalConfig, RunwareConfig
+from orchestrator.sandbox.fal import FalSandbox
+from orchestrator.sandbox.faults import Faults
+from orchestrator.sandbox.runware import RunwareSandbox
+from orchestrator.settings import Settings
+
+FAST = {
+    "ORCH_POLL_AFTER_SECONDS": "3", "ORCH_POLL_INTERVAL_SECONDS": "1", "ORCH_CLAIM_STALE_SECONDS": "3",
+    "ORCH_STORING_STALE_SECONDS": "5", "ORCH_SWEEP_INTERVAL_SECONDS": "1", "ORCH_RETRY_BASE_SECONDS": "0.2",
+    "ORCH_RETRY_MAX_SECONDS": "2", "ORCH_CALLBACK_TIMEOUT_SECONDS": "8", "ORCH_BREAKER_COOLDOWN_SECONDS": "2",
+}
+
+
+@dataclass
+class Stack:
+    """Handles to every running part."""
+
+    fal: FalSandbox
+    runware: RunwareSandbox
+    api_url: str
+    env: dict[str, str]
+    tmp: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _server: Any = None
+
+    def settings(self) -> Settings:
+        """Settings equivalent to the worker processes' environment."""
+        return Settings(**{k.removeprefix("ORCH_").lower(): v for k, v in self.env.items()
+                           if k.startswith("ORCH_")})
+
+    def start_worker(self, name: str = "w1", concurrency: int = 4, queues: str | None = None,
+                     extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start one `orchestrator worker` process."""
+        args = [sys.executable, "-m", "orchestrator.cli", "worker", f"--name={name}",
+                f"--concurrency={concurrency}"]
+        if queues:
+            args.append(f"--queues={queues}")
+        return self._spawn(args, name, extra_env)
+
+    def start_beat(self) -> subprocess.Popen[bytes]:
+        """Start the scheduler (sweeps every second)."""
+        return self._spawn([sys.executable, "-m", "orchestrator.cli", "beat"], "beat")
+
+    def _spawn(self, args: list[str], name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115  (closed with the process)
+        proc = subprocess.Popen(args, env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        """Signal a process and its children."""
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+
+    def logs(self) -> str:
+        """Everything the processes printed (for failure messages)."""
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-6000:]}" for p in sorted(self.tmp.glob("*.log")))
+
+    def client(self, key: str) -> httpx.Client:
+        """An API client with a bearer key."""
+        return httpx.Client(base_url=self.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    def wait_batch(self, client: httpx.Client, batch_id: str, timeout: float = 90,
+                   until: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """Poll the API until the batch is final (or `until` holds)."""
+        deadline = time.monotonic() + timeout
+        batch: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            batch = client.get(f"/v1/batches/{batch_id}").json()
+            if (until or _final)(batch):
+                return batch
+            time.sleep(0.25)
+        raise AssertionError(f"batch not done in {timeout}s: {batch}\n{self.logs()}")
+
+    def stop(self) -> None:
+        """Stop everything."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                self.kill(proc)
+        if self._server is not None:
+            self._server.shutdown()
+        self.fal.stop()
+        self.runware.stop()
+
+
+def _final(batch: dict[str, Any]) -> bool:
+    return batch.get("state") in ("succeeded", "partially_failed", "failed", "cancelled")
+
+
+def start_stack(pg_url: str, redis_url: str, tmp: Path, *, fal_faults: Faults | None = None,
+                runware_faults: Faults | None = None, env: dict[str, str] | None = None,
+                fal_concurrency: int = 100) -> Stack:
+    """Start sandboxes and the API; workers are started by the test."""
+    redis.Redis.from_url(redis_url).flushdb()
+    quick = {"webhook_backoff": 0.2, "webhook_backoff_max": 1.0, "webhook_timeout": 5.0, "seed": 7}
+    fal = FalSandbox(FalConfig(faults=fal_faults or Faults(), concurrency=fal_concurrency, **quick))
+    fal.start()
+    runware = RunwareSandbox(RunwareConfig(faults=runware_faults or Faults(), **quick))
+    runware.start()
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}"
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
+        "ORCH_DATABASE_URL": pg_url, "ORCH_BROKER_URL": redis_url, "ORCH_DATA_DIR": str(tmp / "data"),
+        "ORCH_STORAGE_URL": (tmp / "storage").as_uri(), "ORCH_PUBLIC_URL": api_url, "ORCH_API_URL": api_url,
+        "ORCH_SECRET_KEY": "e2e-secret-key-0123456789", "FAL_KEY": FAL_DEV_KEY, "RUNWARE_API_KEY": RUNWARE_DEV_KEY,
+        "ORCH_FAL_QUEUE_URL": fal.url, "ORCH_RUNWARE_API_URL": f"{runware.url}/v1",
+        "ORCH_FAL_JWKS_URL": f"{fal.url}/.well-known/jwks.json", "ORCH_FAL_MAX_IN_FLIGHT": "8",
+        "ORCH_FAL_RATE_PER_SECOND": "200", "ORCH_RUNWARE_MAX_IN_FLIGHT": "8", "ORCH_RUNWARE_RATE_PER_SECOND": "200",
+        "ORCH_DOWNLOAD_ALLOWED_HOSTS": f"{fal.url.split('//')[1]},{runware.url.split('//')[1]}",
+        **FAST, **(env or {}),
+    }
+    stack = Stack(fal, runware, api_url, full_env, tmp)
+    from orchestrator.api import create_app
+
+    app = create_app(stack.settings())
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stack._server = server
+    return stack

@@ -1,0 +1,137 @@
+"""Admission control: claim due jobs within each provider account's limits.
+
+The limits live in Postgres, not in a worker: a claimer locks the account's row, counts the
+account's requests in flight, refills its token bucket, and claims at most what both allow
+(due jobs picked with FOR UPDATE SKIP LOCKED). Any number of worker processes on any number
+of machines therefore share one in-flight cap and one request rate per account.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from orchestrator import state
+from orchestrator.models import Job, JobState, ProviderAccount
+from orchestrator.settings import Settings
+
+IN_FLIGHT = (JobState.submitting, JobState.submitted)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Jobs claimed for submission, and how long to wait before claiming again (if limited)."""
+
+    jobs: list[tuple[uuid.UUID, int]]
+    retry_in: float | None = None
+
+
+def account(session: Session, provider: str) -> ProviderAccount:
+    """Lock (creating if needed) the provider account row."""
+    table = ProviderAccount.__table__
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(insert(table).values(provider=provider, tokens=0.0, consecutive_failures=0,
+                                         refilled_at=sa.func.now()).on_conflict_do_nothing())
+    return session.execute(
+        sa.select(ProviderAccount).where(ProviderAccount.provider == provider)
+        .with_for_update().execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def in_flight(session: Session, provider: str) -> int:
+    """Requests of this account at the provider (or about to be)."""
+    return session.scalar(sa.select(sa.func.count()).select_from(Job)
+                          .where(Job.provider == provider, Job.state.in_(IN_FLIGHT))) or 0
+
+
+def claim(session: Session, settings: Settings, provider: str, now: datetime, max_claim: int = 32) -> Claim:
+    """Claim up to the free slots and available tokens of due jobs, interactive lane first."""
+    acct = account(session, provider)
+    for until in (acct.blocked_until, acct.breaker_open_until):
+        if until is not None and _aware(until) > now:
+            return Claim([], (_aware(until) - now).total_seconds())
+    limit, rate = settings.provider_limits(provider)
+    burst = max(1.0, rate)
+    elapsed = max(0.0, (now - _aware(acct.refilled_at)).total_seconds())
+    tokens = min(burst, acct.tokens + elapsed * rate)
+    acct.tokens, acct.refilled_at = tokens, now
+    slots = limit - in_flight(session, provider)
+    n = min(slots, int(tokens), max_claim)
+    if n <= 0:
+        # Slot-limited: a finishing job kicks dispatch. Token-limited: come back when one accrues.
+        return Claim([], None if slots <= 0 else (1.0 - tokens) / rate)
+    due = session.execute(
+        sa.select(Job.id).where(Job.provider == provider, Job.state == JobState.queued, Job.next_attempt_at <= now)
+        .order_by(sa.case((Job.lane == "interactive", 0), else_=1), Job.next_attempt_at, Job.position)
+        .limit(n).with_for_update(skip_locked=True)
+    ).scalars().all()
+    claimed = []
+    for job_id in due:
+        attempt = session.scalar(sa.select(Job.attempt).where(Job.id == job_id)) or 0
+        moved = state.transition(
+            session, job_id, JobState.submitting, kind="claimed", expect=[JobState.queued],
+            values={"attempt": attempt + 1, "task_id": str(uuid.uuid4()), "submit_started_at": None,
+                    "provider_request_id": None, "provider_meta": {}, "submitted_at": None},
+            detail={"provider": provider})
+        if moved.applied:
+            claimed.append((job_id, attempt + 1))
+    acct.tokens = tokens - len(claimed)
+    if len(due) < n:
+        return Claim(claimed)  # nothing more is due right now
+    if n == max_claim and slots > n and tokens - n >= 1:
+        return Claim(claimed, 0.0)  # more fits at once: claim the next page
+    if int(tokens) < slots:
+        return Claim(claimed, 1.0 / rate)  # token-limited: come back when a token accrues
+    return Claim(claimed)  # slot-limited: a finishing job kicks dispatch
+
+
+def block(session: Session, provider: str, seconds: float, now: datetime) -> None:
+    """Stop every worker from sending to this account for `seconds` (429 Retry-After)."""
+    acct = account(session, provider)
+    until = now + timedelta(seconds=seconds)
+    if acct.blocked_until is None or _aware(acct.blocked_until) < until:
+        acct.blocked_until = until
+
+
+def record_failure(session: Session, settings: Settings, provider: str, now: datetime) -> bool:
+    """Count a provider-side failure; returns True when this opens (or keeps open) the breaker."""
+    acct = account(session, provider)
+    acct.consecutive_failures += 1
+    if acct.consecutive_failures >= settings.breaker_threshold:
+        acct.breaker_open_until = now + timedelta(seconds=settings.breaker_cooldown_seconds)
+        return True
+    return False
+
+
+def record_success(session: Session, provider: str) -> None:
+    """A provider answered: close the breaker (a no-op write when it was already closed)."""
+    session.execute(sa.update(ProviderAccount)
+                    .where(ProviderAccount.provider == provider, ProviderAccount.consecutive_failures > 0)
+                    .values(consecutive_failures=0, breaker_open_until=None))
+
+
+def breaker_open(session: Session, provider: str, now: datetime) -> bool:
+    """Whether the provider's breaker is open right now."""
+    until = session.scalar(sa.select(ProviderAccount.breaker_open_until)
+                           .where(ProviderAccount.provider == provider))
+    return until is not None and _aware(until) > now
+
+
+def backoff(settings: Settings, retries: int) -> float:
+    """Exponential backoff with full-range jitter, capped."""
+    base = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** max(0, retries - 1))
+    return base * random.uniform(0.5, 1.5)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes for timezone-aware columns; they are stored in UTC.
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,63 @@
+"""Tell the client a batch finished: one signed `batch.completed` event per completion."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+import httpx
+from celery import shared_task
+
+from orchestrator import batches, queue, signing
+from orchestrator.models import Batch
+from orchestrator.redact import redact_url
+from workers.context import Context, ctx
+from workers.dispatch import TASK_OPTS
+
+log = logging.getLogger(__name__)
+
+
+class CallbackFailed(Exception):
+    """The client's endpoint did not accept the event."""
+
+
+@shared_task(name=queue.NOTIFY_BATCH, bind=True, max_retries=8, **TASK_OPTS)
+def notify_batch(self, batch_id: str) -> str:  # type: ignore[no-untyped-def]
+    """Send the event; retry with backoff; the sweep tries again later if all retries fail."""
+    try:
+        return notify(ctx(), uuid.UUID(batch_id))
+    except CallbackFailed as exc:
+        if self.request.retries >= self.max_retries:
+            return f"gave up for now: {exc}"
+        raise self.retry(countdown=min(300, 2 ** (self.request.retries + 1)), exc=exc) from None
+
+
+def notify(c: Context, batch_id: uuid.UUID) -> str:
+    """POST batch.completed for the batch's latest completion, once."""
+    with c.session() as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None or batch.completion_round <= batch.notified_round:
+            return "nothing to send"
+        if not batch.callback_url:
+            batch.notified_round = batch.completion_round
+            return "no callback url"
+        url, rnd, tenant = batch.callback_url, batch.completion_round, batch.tenant
+        payload = {"type": "batch.completed", "timestamp": int(time.time()),
+                   "data": {**batches.batch_json(batch), "results_url": f"/v1/batches/{batch.id}/results"}}
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    msg_id = f"msg_{batch_id.hex}_{rnd}"
+    secret = signing.tenant_secret(c.settings.resolved_secret_key(), tenant)
+    try:
+        resp = c.http.post(url, content=body, headers=signing.headers(secret, msg_id, int(time.time()), body),
+                           timeout=httpx.Timeout(15.0, connect=5.0), follow_redirects=False)
+    except httpx.HTTPError as exc:
+        raise CallbackFailed(f"{redact_url(url)}: {type(exc).__name__}") from None
+    if not 200 <= resp.status_code < 300:
+        raise CallbackFailed(f"{redact_url(url)} answered {resp.status_code}")
+    with c.session() as session:
+        batch = session.get(Batch, batch_id)
+        if batch is not None and batch.notified_round < rnd:
+            batch.notified_round = rnd
+    return "sent"

@@ -1,0 +1,207 @@
+"""Dispatch: claim due jobs within limits and submit each exactly once per attempt.
+
+The "about to submit" intent (`submit_started_at`) is committed before the provider call. A
+job found in `submitting` with the intent set may have reached the provider, so nothing
+resends it blindly: its callback (the URL names the attempt) or a provider check by the sweep
+settles it. A job claimed but without the intent never left us and is safely re-queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+import sqlalchemy as sa
+from celery import shared_task
+
+from orchestrator import catalog, queue, state
+from orchestrator.callbacks import callback_url
+from orchestrator.db import utcnow
+from orchestrator.log import bound
+from orchestrator.models import Job, JobState
+from orchestrator.providers.base import SubmitRequest, Submitted
+from orchestrator.providers.errors import PermanentProviderError, ProviderError, RateLimited
+from workers import admission
+from workers.context import Context, ctx
+
+log = logging.getLogger(__name__)
+PROVIDERS = ("fal", "runware")
+# Nudges scheduled in the broker stay far below Redis's visibility timeout (see queue.py).
+MAX_COUNTDOWN = 300.0
+UNKNOWN_OUTCOME = ("timeout", "connection_error")
+TASK_OPTS = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
+
+
+@shared_task(name=queue.DISPATCH, **TASK_OPTS)
+def dispatch_due(provider: str | None = None) -> int:
+    """Claim what the limits allow for one provider (or all) and queue their submissions."""
+    return sum(dispatch_provider(ctx(), p) for p in ([provider] if provider else PROVIDERS))
+
+
+def dispatch_provider(c: Context, provider: str) -> int:
+    """One claim round for one provider account."""
+    with c.session() as session:
+        result = admission.claim(session, c.settings, provider, utcnow())
+        for job_id, attempt in result.jobs:
+            c.publisher.after_commit(session, queue.SUBMIT_JOB, str(job_id), attempt)
+        if result.retry_in is not None:
+            c.publisher.after_commit(session, queue.DISPATCH, provider,
+                                     countdown=min(MAX_COUNTDOWN, result.retry_in))
+    return len(result.jobs)
+
+
+@shared_task(name=queue.SUBMIT_JOB, **TASK_OPTS)
+def submit_job(job_id: str, attempt: int) -> str:
+    """Submit one claimed job attempt to its provider."""
+    return submit(ctx(), uuid.UUID(job_id), attempt)
+
+
+def submit(c: Context, job_id: uuid.UUID, attempt: int) -> str:
+    """Record the intent, call the provider with no transaction open, then save the answer."""
+    with bound(job_id=job_id, attempt=attempt), c.session() as session:
+        job = session.execute(sa.select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+        if job is None or job.state is not JobState.submitting or job.attempt != attempt:
+            return "stale"
+        if job.submit_started_at is not None:
+            # A redelivered message: the first run may have reached the provider.
+            state.record(session, job_id, "submit_skipped", attempt, reason="intent already recorded")
+            return "duplicate"
+        job.submit_started_at = utcnow()
+        request, provider = build_request(c, job), job.provider
+    with bound(job_id=job_id, attempt=attempt):
+        try:
+            answer = c.adapter(provider).submit(request)
+        except ProviderError as exc:
+            return submit_failed(c, job_id, attempt, exc)
+        return submit_succeeded(c, job_id, attempt, answer)
+
+
+def build_request(c: Context, job: Job) -> SubmitRequest:
+    """The provider request for a job's current attempt."""
+    spec = catalog.MODELS[job.model]
+    url = callback_url(c.settings.public_url, job.provider, job.id, job.attempt, job.callback_token or "")
+    lane = "bulk" if job.lane == "bulk" else "interactive"
+    return SubmitRequest(model=job.model, payload=catalog.to_native(spec, job.params), webhook_url=url,
+                         lane=lane, task_id=job.task_id or str(uuid.uuid4()))
+
+
+def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submitted) -> str:
+    """Save the provider's request id; the callback may already have moved the job on."""
+    now = utcnow()
+    with c.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        admission.record_success(session, job.provider)
+        values = {"provider_request_id": answer.request_id, "provider_meta": answer.meta, "submitted_at": now}
+        moved = state.transition(session, job_id, JobState.submitted, kind="submitted", expect=[JobState.submitting],
+                                 values=values, detail={"request_id": answer.request_id, "provider": job.provider})
+        if moved.applied:
+            return "submitted"
+        # The job moved on while we waited (an early callback, or a cancel): keep the id for audits.
+        session.execute(sa.update(Job).where(Job.id == job_id, Job.attempt == attempt,
+                                             Job.provider_request_id.is_(None)).values(**values))
+        state.record(session, job_id, "submitted", attempt, request_id=answer.request_id, late=True)
+        if moved.from_state is JobState.cancelled:
+            c.publisher.after_commit(session, queue.CANCEL_AT_PROVIDER, str(job_id))
+    return "submitted_late"
+
+
+def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderError) -> str:
+    """Decide what a failed submit means: wait, retry later, fail over, or fail the job."""
+    now = utcnow()
+    detail = {"error": str(exc), "status_code": exc.status_code, "code": exc.code}
+    with c.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        if isinstance(exc, RateLimited):
+            wait = exc.retry_after if exc.retry_after is not None else 5.0
+            admission.block(session, job.provider, wait, now)
+            return requeue(c, session, job, f"rate limited (429), retry after {wait:.1f}s", wait, detail,
+                           count=False)
+        if isinstance(exc, PermanentProviderError):
+            state.transition(session, job_id, JobState.failed, kind="failed", detail=detail,
+                             values={"error_code": exc.code or "provider_rejected", "error_message": exc.message})
+            kick(c, session, job.provider)
+            return "failed"
+        if exc.code in UNKNOWN_OUTCOME:
+            # The request may have been received: never resend blindly. The callback, or the
+            # sweep's check with the provider, settles this attempt.
+            state.record(session, job_id, "submit_outcome_unknown", attempt, **detail)
+            return "unknown"
+        opened = admission.record_failure(session, c.settings, job.provider, now)
+        return retry_or_fail(c, session, job, exc, detail, breaker_open=opened,
+                             reason=f"submit failed: {exc.code or exc.status_code}")
+
+
+def retry_or_fail(c: Context, session: sa.orm.Session, job: Job, exc: ProviderError, detail: dict[str, object],
+                  *, breaker_open: bool, reason: str) -> str:
+    """Retry a transient failure with backoff (failing over if allowed), or fail when out of attempts."""
+    if job.retries + 1 >= c.settings.max_attempts:
+        state.transition(session, job.id, JobState.failed, kind="failed", detail=detail,
+                         values={"error_code": exc.code or "provider_error",
+                                 "error_message": f"gave up after {job.retries + 1} attempts: {exc.message}"})
+        kick(c, session, job.provider)
+        return "failed"
+    if breaker_open and failover(session, job, reason):
+        kick(c, session, job.provider)
+        return "failed_over"
+    return requeue(c, session, job, reason, admission.backoff(c.settings, job.retries + 1), detail)
+
+
+def requeue(c: Context, session: sa.orm.Session, job: Job, reason: str, delay: float,
+            detail: dict[str, object], *, count: bool = True) -> str:
+    """Put a job back in the queue after `delay` seconds, with the reason on its timeline."""
+    values: dict[str, object] = {"next_attempt_at": utcnow() + timedelta(seconds=delay),
+                                 "submit_started_at": None}
+    if count:
+        values["retries"] = job.retries + 1
+    moved = state.transition(session, job.id, JobState.queued, kind="retry_scheduled", reason=reason,
+                             detail={**detail, "delay_seconds": round(delay, 2)}, values=values)
+    if moved.applied:
+        c.publisher.after_commit(session, queue.DISPATCH, job.provider, countdown=min(MAX_COUNTDOWN, delay))
+        kick(c, session, job.provider)
+    return "requeued" if moved.applied else "unchanged"
+
+
+def failover(session: sa.orm.Session, job: Job, reason: str) -> bool:
+    """Move a family-alias job to the other provider's model; False if it cannot move."""
+    target = catalog.fallback_model(job.requested_model, job.model)
+    if target is None:
+        return False
+    try:
+        params = catalog.for_fallback(job.params, target)
+    except catalog.CatalogError as exc:
+        state.record(session, job.id, "failover_impossible", job.attempt, reason=str(exc))
+        return False
+    moved = state.transition(
+        session, job.id, JobState.queued, kind="failover", reason=f"{reason}; {job.provider} breaker open",
+        detail={"from": job.model, "to": target.id},
+        values={"provider": target.provider, "model": target.id, "params": params, "next_attempt_at": utcnow(),
+                "submit_started_at": None, "retries": job.retries + 1})
+    return moved.applied
+
+
+def kick(c: Context, session: sa.orm.Session, provider: str) -> None:
+    """A slot may have freed up: run a claim round after this transaction commits."""
+    c.publisher.after_commit(session, queue.DISPATCH, provider)
+
+
+@shared_task(name=queue.CANCEL_AT_PROVIDER, **TASK_OPTS)
+def cancel_at_provider(job_id: str) -> bool:
+    """Ask the provider to drop a cancelled job's request (fal only; Runware has no cancel)."""
+    c = ctx()
+    with c.session() as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        if job is None or job.state is not JobState.cancelled or not job.provider_request_id:
+            return False
+        provider, model, request_id, meta = job.provider, job.model, job.provider_request_id, job.provider_meta
+    try:
+        accepted = c.adapter(provider).cancel(model, request_id, meta)
+    except ProviderError as exc:
+        log.warning("provider cancel failed", extra={"job_id": job_id, "error": str(exc)})
+        accepted = False
+    with c.session() as session:
+        state.record(session, uuid.UUID(job_id), "provider_cancel", 0, accepted=accepted)
+    return accepted
+

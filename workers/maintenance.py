@@ -1,0 +1,139 @@
+"""The periodic sweep: the database alone is enough to finish every batch.
+
+If every broker message were lost, this would still move every job to the end: it re-kicks
+dispatch, re-queues claims that never reached a provider, settles submits whose outcome is
+unknown, polls jobs whose callback is overdue, resumes stuck storing jobs, replays stored
+deliveries that were never processed, and re-sends batch notifications.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from celery import shared_task
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from orchestrator import queue, state
+from orchestrator.db import utcnow
+from orchestrator.models import Batch, Delivery, Heartbeat, Job, JobState
+from workers.context import Context, ctx
+from workers.dispatch import PROVIDERS, TASK_OPTS, requeue
+from workers.webhooks import poll_job
+
+log = logging.getLogger(__name__)
+PAGE = 200
+
+
+@shared_task(name=queue.SWEEP, **TASK_OPTS)
+def sweep() -> dict[str, int]:
+    """One sweep over everything that may be stuck."""
+    return run_sweep(ctx())
+
+
+def run_sweep(c: Context, now: datetime | None = None) -> dict[str, int]:
+    """Run every step once; returns counts for logs and tests."""
+    now = now or utcnow()
+    s = c.settings
+    counts = {
+        "requeued_unsent": _requeue_unsent(c, now - timedelta(seconds=s.claim_stale_seconds)),
+        "settled_unknown": _settle_unknown(c, now),
+        "polled": _poll_overdue(c, now),
+        "resumed_storing": _resume_storing(c, now - timedelta(seconds=s.storing_stale_seconds)),
+        "replayed_deliveries": _replay_deliveries(c, now - timedelta(seconds=30)),
+        "notified": _renotify(c),
+    }
+    for provider in PROVIDERS:
+        c.publisher.send(queue.DISPATCH, provider)
+    beat(c, "maintenance")
+    if any(counts.values()):
+        log.info("sweep", extra=counts)
+    return counts
+
+
+def beat(c: Context, name: str) -> None:
+    """Record that a worker consumed from `name` just now (read by /readyz)."""
+    with c.session() as session:
+        table = Heartbeat.__table__
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(table).values(name=name, seen_at=utcnow())
+        session.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"seen_at": stmt.excluded.seen_at}))
+
+
+def _ids(c: Context, query: sa.Select[tuple[uuid.UUID]]) -> list[uuid.UUID]:
+    with c.session() as session:
+        return list(session.execute(query.limit(PAGE)).scalars())
+
+
+def _requeue_unsent(c: Context, before: datetime) -> int:
+    """Claimed, but the submit task never recorded its intent: it never reached the provider."""
+    ids = _ids(c, sa.select(Job.id).where(Job.state == JobState.submitting, Job.submit_started_at.is_(None),
+                                          Job.updated_at < before))
+    done = 0
+    for job_id in ids:
+        with c.session() as session:
+            job = session.get(Job, job_id)
+            if job is not None and job.state is JobState.submitting and job.submit_started_at is None:
+                done += requeue(c, session, job, "claimed but never sent (worker lost)", 0.0, {},
+                                count=False) == "requeued"
+    return done
+
+
+def _settle_unknown(c: Context, now: datetime) -> int:
+    """Submits that may have reached the provider: ask Runware; give fal time to call back."""
+    s = c.settings
+    runware = _ids(c, sa.select(Job.id).where(
+        Job.state == JobState.submitting, Job.provider == "runware", Job.submit_started_at.is_not(None),
+        Job.submit_started_at < now - timedelta(seconds=s.claim_stale_seconds)))
+    settled = sum(poll_job(c, job_id) not in ("skipped", "poll failed") for job_id in runware)
+    # fal has no way to look a request up without its id: wait for the attempt's callback,
+    # and only after the callback window resubmit as a new attempt, saying why.
+    fal = _ids(c, sa.select(Job.id).where(
+        Job.state == JobState.submitting, Job.provider == "fal", Job.submit_started_at.is_not(None),
+        Job.submit_started_at < now - timedelta(seconds=s.callback_timeout_seconds)))
+    for job_id in fal:
+        with c.session() as session:
+            job = session.get(Job, job_id)
+            if job is not None and job.state is JobState.submitting:
+                settled += requeue(c, session, job, "submit outcome unknown and no callback arrived", 0.0,
+                                   {}) == "requeued"
+    return settled
+
+
+def _poll_overdue(c: Context, now: datetime) -> int:
+    """Jobs at the provider whose callback is late: poll them, no more often than the interval."""
+    s = c.settings
+    ids = _ids(c, sa.select(Job.id).where(
+        Job.state == JobState.submitted, Job.submitted_at < now - timedelta(seconds=s.poll_after_seconds),
+        sa.or_(Job.last_polled_at.is_(None), Job.last_polled_at < now - timedelta(seconds=s.poll_interval_seconds)),
+    ).order_by(Job.submitted_at))
+    return sum(poll_job(c, job_id) not in ("skipped", "poll failed") for job_id in ids)
+
+
+def _resume_storing(c: Context, before: datetime) -> int:
+    ids = _ids(c, sa.select(Job.id).where(Job.state == JobState.storing, Job.updated_at < before))
+    for job_id in ids:
+        c.publisher.send(queue.STORE_JOB, str(job_id))
+        with c.session() as session:
+            # Touch the job so the next sweep waits a full interval before resuming it again.
+            session.execute(sa.update(Job).where(Job.id == job_id).values(updated_at=utcnow()))
+            state.record(session, job_id, "store_resumed", 0)
+    return len(ids)
+
+
+def _replay_deliveries(c: Context, before: datetime) -> int:
+    ids = _ids(c, sa.select(Delivery.id).where(Delivery.verified.is_(True), Delivery.processed_at.is_(None),
+                                               Delivery.job_id.is_not(None), Delivery.received_at < before))
+    for delivery_id in ids:
+        c.publisher.send(queue.PROCESS_DELIVERY, str(delivery_id))
+    return len(ids)
+
+
+def _renotify(c: Context) -> int:
+    ids = _ids(c, sa.select(Batch.id).where(Batch.completion_round > Batch.notified_round))
+    for batch_id in ids:
+        c.publisher.send(queue.NOTIFY_BATCH, str(batch_id))
+    return len(ids)

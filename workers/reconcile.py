@@ -1,0 +1,105 @@
+"""Reconciliation: turn a provider outcome (webhook or poll) into at most one state change.
+
+Callers hold the job's row lock (SELECT ... FOR UPDATE) for the whole decision, so concurrent
+duplicates serialise: the first applies, the rest see the new state and change nothing.
+Images are collected by provider image id (Runware sends one webhook per image) under unique
+constraints, so a repeated image is recorded once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from orchestrator import queue, state
+from orchestrator.db import utcnow
+from orchestrator.models import Asset, Job, JobState
+from orchestrator.providers.base import ImageRef, Outcome
+from orchestrator.providers.errors import ProviderError, TransientProviderError
+from workers import admission
+from workers.context import Context
+from workers.dispatch import kick, retry_or_fail
+
+WAITING = (JobState.submitting, JobState.submitted)
+
+
+def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
+    """The job, row-locked for the rest of the transaction."""
+    return session.execute(sa.select(Job).where(Job.id == job_id).with_for_update()
+                           .execution_options(populate_existing=True)).scalar_one_or_none()
+
+
+def apply(c: Context, session: Session, job: Job, attempt: int, outcome: Outcome, source: str) -> str:
+    """Apply one outcome for `attempt` of a locked job; returns a short description."""
+    if job.state in state.TERMINAL or job.state in (JobState.storing, JobState.queued) or job.attempt != attempt:
+        why = f"job is {job.state.value}" if job.attempt == attempt else f"stale attempt {attempt}"
+        state.record(session, job.id, "late_result_ignored", attempt, source=source, status=outcome.status, why=why)
+        return f"ignored: {why}"
+    if outcome.status == "pending":
+        return "pending"
+    if outcome.status == "failed":
+        return _failed(c, session, job, outcome.error, source)
+    if outcome.status == "succeeded":
+        return _collect(c, session, job, outcome, source)
+    return "fetch_result"
+
+
+def _collect(c: Context, session: Session, job: Job, outcome: Outcome, source: str) -> str:
+    added = sum(_add_asset(session, job, img) for img in outcome.images)
+    have = session.scalar(sa.select(sa.func.count()).select_from(Asset).where(Asset.job_id == job.id)) or 0
+    if added == 0 and outcome.images:
+        state.record(session, job.id, "duplicate_result", job.attempt, source=source)
+    if have < job.num_images:
+        if job.provider == "fal" or not outcome.images:
+            # fal returns all images at once: fewer than asked for is a failed generation,
+            # never a success (an empty result must not count as done).
+            err = TransientProviderError(job.provider, f"{have} of {job.num_images} images returned",
+                                         code="incomplete_result")
+            return _failed(c, session, job, err, source)
+        state.record(session, job.id, "image_received", job.attempt, source=source, have=have, of=job.num_images)
+        return f"collected {have}/{job.num_images}"
+    cost = _cost(session, job.id) if outcome.cost is None else Decimal(str(outcome.cost))
+    moved = state.transition(session, job.id, JobState.storing, kind="result_received", expect=WAITING,
+                             detail={"source": source, "images": have}, cost=cost,
+                             values={"callback_at": sa.func.now()})
+    if moved.applied:
+        c.publisher.after_commit(session, queue.STORE_JOB, str(job.id))
+        kick(c, session, job.provider)
+    return "storing"
+
+
+def _add_asset(session: Session, job: Job, img: ImageRef) -> bool:
+    key = img.provider_image_id or f"{job.attempt}:{img.index}"
+    exists = session.scalar(sa.select(Asset.id).where(Asset.job_id == job.id, Asset.provider_image_id == key))
+    if exists is not None:
+        return False
+    index = session.scalar(sa.select(sa.func.count()).select_from(Asset).where(Asset.job_id == job.id)) or 0
+    if index >= job.num_images:
+        return False
+    session.add(Asset(job_id=job.id, index=index, provider_image_id=key, source_url=img.url,
+                      width=img.width, height=img.height, content_type=img.content_type,
+                      seed=str(img.seed) if img.seed is not None else None, nsfw=img.nsfw,
+                      cost=Decimal(str(img.cost)) if img.cost is not None else None))
+    session.flush()
+    return True
+
+
+def _cost(session: Session, job_id: uuid.UUID) -> Decimal | None:
+    total = session.scalar(sa.select(sa.func.sum(Asset.cost)).where(Asset.job_id == job_id))
+    return Decimal(str(total)) if total is not None else None
+
+
+def _failed(c: Context, session: Session, job: Job, error: ProviderError | None, source: str) -> str:
+    error = error or TransientProviderError(job.provider, "the provider reported a failure without details")
+    detail = {"source": source, "error": str(error), "code": error.code}
+    if not error.retry_job:
+        state.transition(session, job.id, JobState.failed, kind="failed", detail=detail,
+                         values={"error_code": error.code or "generation_failed", "error_message": error.message})
+        kick(c, session, job.provider)
+        return "failed"
+    opened = admission.breaker_open(session, job.provider, utcnow()) if error.retry_call else False
+    return retry_or_fail(c, session, job, error, detail, breaker_open=opened,
+                         reason=f"generation failed: {error.code or error.message}")

@@ -1,0 +1,152 @@
+"""The store step: copy every image of a job into the user's storage, verified, exactly once.
+
+Each image is downloaded from an allow-listed host (size-capped, streamed, with a deadline),
+checked to decode as the format and size the job asked for, hashed, and PUT to a freshly
+presigned URL. The asset row is marked stored with a conditional UPDATE, so a second run of
+the task (redelivery, sweep) never records an image twice; the object key is deterministic,
+so a repeated upload overwrites the same object rather than adding one.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from celery import shared_task
+
+from orchestrator import queue, state
+from orchestrator.db import utcnow
+from orchestrator.log import bound
+from orchestrator.models import Asset, Batch, Job, JobState
+from orchestrator.storage.base import object_key
+from orchestrator.storage.images import (
+    DownloadFailed,
+    ImageError,
+    download_image,
+    upload,
+    verify_image,
+)
+from workers.context import Context, ctx
+from workers.dispatch import TASK_OPTS, kick
+
+log = logging.getLogger(__name__)
+PRESIGN_SECONDS = 900
+TRANSFER_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One image still to store, read before any I/O."""
+
+    asset_id: uuid.UUID
+    index: int
+    url: str
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """The job facts the store step needs."""
+
+    job_id: uuid.UUID
+    tenant: str
+    batch_id: uuid.UUID
+    position: int
+    custom_id: str
+    fmt: str
+    width: int
+    height: int
+    provider: str
+
+
+@shared_task(name=queue.STORE_JOB, bind=True, max_retries=6, **TASK_OPTS)
+def store_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
+    """Store a job's images; transient failures retry with backoff, then the sweep resumes."""
+    try:
+        return store(ctx(), uuid.UUID(job_id))
+    except TransientStoreError as exc:
+        if self.request.retries >= self.max_retries:
+            return f"gave up for now: {exc}"
+        raise self.retry(countdown=min(60, 2 ** self.request.retries), exc=exc) from None
+
+
+class TransientStoreError(Exception):
+    """A download or upload failed in a way worth retrying."""
+
+
+def store(c: Context, job_id: uuid.UUID) -> str:
+    """Store every pending image of a storing job, then mark it succeeded."""
+    with c.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state is not JobState.storing:
+            return "skipped"
+        info = _info(session, job)
+        pending = [Pending(a.id, a.index, a.source_url or "") for a in session.execute(
+            sa.select(Asset).where(Asset.job_id == job_id, Asset.stored_at.is_(None)).order_by(Asset.index)
+        ).scalars()]
+    with bound(job_id=job_id, batch_id=info.batch_id):
+        for item in pending:
+            problem = _store_one(c, info, item)
+            if problem is not None:
+                return _give_up(c, job_id, problem)
+        return _finish(c, info)
+
+
+def _info(session: sa.orm.Session, job: Job) -> JobInfo:
+    batch = session.get(Batch, job.batch_id)
+    assert batch is not None
+    p = job.params
+    return JobInfo(job.id, job.tenant, job.batch_id, job.position, job.custom_id, p["output_format"],
+                   p["width"], p["height"], job.provider)
+
+
+def _store_one(c: Context, info: JobInfo, item: Pending) -> tuple[str, str] | None:
+    """Copy one image; returns (code, message) for a permanent problem, raises on transient ones."""
+    s = c.settings
+    try:
+        data = download_image(c.http, item.url, allowed_hosts=s.allowed_hosts(), max_bytes=s.download_max_bytes,
+                              timeout=TRANSFER_TIMEOUT)
+        image = verify_image(data, expected_format=info.fmt, width=info.width, height=info.height)
+        key = object_key(info.tenant, str(info.batch_id), info.position, info.custom_id, item.index, image.ext)
+        url = c.storage.presign_put(key, image.content_type, PRESIGN_SECONDS)
+        upload(c.http, url, data, image.content_type, TRANSFER_TIMEOUT)
+    except DownloadFailed as exc:
+        if exc.expired:
+            return "result_expired", f"the provider no longer has image {item.index}: {exc}"
+        if exc.transient:
+            raise TransientStoreError(str(exc)) from None
+        return "download_failed", str(exc)
+    except ImageError as exc:
+        if getattr(exc, "transient", False):
+            raise TransientStoreError(str(exc)) from None
+        return type(exc).__name__.lower(), str(exc)
+    with c.session() as session:
+        session.execute(
+            sa.update(Asset).where(Asset.id == item.asset_id, Asset.stored_at.is_(None)).values(
+                storage_key=key, content_type=image.content_type, width=image.width, height=image.height,
+                bytes=image.size, sha256=image.sha256, stored_at=utcnow()))
+        state.record(session, info.job_id, "image_stored", 0, index=item.index, key=key, sha256=image.sha256)
+    return None
+
+
+def _finish(c: Context, info: JobInfo) -> str:
+    with c.session() as session:
+        missing = session.scalar(sa.select(sa.func.count()).select_from(Asset)
+                                 .where(Asset.job_id == info.job_id, Asset.stored_at.is_(None))) or 0
+        if missing:
+            return f"{missing} images still pending"
+        moved = state.transition(session, info.job_id, JobState.succeeded, kind="stored", expect=[JobState.storing])
+        return "succeeded" if moved.applied else "unchanged"
+
+
+def _give_up(c: Context, job_id: uuid.UUID, problem: tuple[str, str]) -> str:
+    code, message = problem
+    with c.session() as session:
+        job = session.get(Job, job_id)
+        state.transition(session, job_id, JobState.failed, kind="failed", expect=[JobState.storing],
+                         values={"error_code": code, "error_message": message[:2000]},
+                         detail={"error": message, "code": code, "retryable": True})
+        if job is not None:
+            kick(c, session, job.provider)
+    return f"failed: {code}"

@@ -1,0 +1,115 @@
+"""Process stored webhook deliveries, and poll providers for jobs whose callback is late."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from celery import shared_task
+
+from orchestrator import queue, state
+from orchestrator.db import utcnow
+from orchestrator.log import bound
+from orchestrator.models import Delivery, Job
+from orchestrator.providers.base import Outcome
+from orchestrator.providers.errors import NotFound, ProviderError
+from workers.context import Context, ctx
+from workers.dispatch import TASK_OPTS
+from workers.reconcile import WAITING, apply, lock_job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PollTarget:
+    """What is needed to ask a provider about one attempt, read before the call."""
+
+    job_id: uuid.UUID
+    attempt: int
+    provider: str
+    model: str
+    request_id: str
+    num_images: int
+    meta: dict[str, Any]
+
+
+@shared_task(name=queue.PROCESS_DELIVERY, **TASK_OPTS)
+def process_delivery(delivery_id: str) -> str:
+    """Reconcile one verified delivery exactly once."""
+    return process(ctx(), uuid.UUID(delivery_id))
+
+
+def process(c: Context, delivery_id: uuid.UUID) -> str:
+    """Apply a delivery to its job; a delivery already processed changes nothing."""
+    with c.session() as session:
+        delivery = session.execute(sa.select(Delivery).where(Delivery.id == delivery_id).with_for_update()
+                                   ).scalar_one_or_none()
+        if delivery is None or delivery.processed_at is not None or not delivery.verified or not delivery.job_id:
+            return "skipped"
+        job = lock_job(session, delivery.job_id)
+        if job is None:
+            return _done(delivery, "job gone")
+        with bound(job_id=job.id, delivery_id=delivery.id):
+            outcome = c.adapter(delivery.provider).parse_webhook(delivery.body)
+            if outcome.status != "fetch_result":
+                return _done(delivery, apply(c, session, job, delivery.attempt or 0, outcome, "webhook"))
+            target = _target(job, outcome.request_id)
+            state.record(session, job.id, "webhook", job.attempt, status="fetch_result")
+    # fal said OK but sent no payload: fetch the result, with no transaction open during the call.
+    result = poll_target(c, target)
+    with c.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        job = lock_job(session, target.job_id)
+        if delivery is None or job is None or delivery.processed_at is not None:
+            return "skipped"
+        if result is None:
+            return "fetch failed; will retry"
+        return _done(delivery, apply(c, session, job, target.attempt, result, "result_fetch"))
+
+
+def _done(delivery: Delivery, outcome: str) -> str:
+    delivery.processed_at = utcnow()
+    delivery.outcome = outcome[:200]
+    return outcome
+
+
+def _target(job: Job, request_id: str | None = None) -> PollTarget:
+    rid = request_id or job.provider_request_id or (job.task_id if job.provider == "runware" else None) or ""
+    return PollTarget(job.id, job.attempt, job.provider, job.model, rid, job.num_images, dict(job.provider_meta or {}))
+
+
+def poll_target(c: Context, target: PollTarget) -> Outcome | None:
+    """Ask the provider; None when the call itself failed (try again later)."""
+    try:
+        return c.adapter(target.provider).poll(target.model, target.request_id, target.num_images, target.meta)
+    except NotFound as exc:
+        return Outcome("failed", error=exc, request_id=target.request_id)
+    except ProviderError as exc:
+        log.info("poll failed", extra={"job_id": str(target.job_id), "error": str(exc)})
+        return None
+
+
+def poll_job(c: Context, job_id: uuid.UUID) -> str:
+    """Poll one silent job and reconcile what the provider says through the same path."""
+    with c.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state not in WAITING:
+            return "skipped"
+        target = _target(job)
+        if not target.request_id:
+            return "no request id"
+        job.last_polled_at = utcnow()
+    outcome = poll_target(c, target)
+    with c.session() as session:
+        job = lock_job(session, job_id)
+        if job is None:
+            return "gone"
+        state.record(session, job_id, "poll", target.attempt, status=outcome.status if outcome else "error")
+        if outcome is None:
+            return "poll failed"
+        if outcome.status == "fetch_result":
+            return "pending"
+        return apply(c, session, job, target.attempt, outcome, "poll")
