@@ -52,6 +52,19 @@ class Stack:
         return Settings(**{k.removeprefix("ORCH_").lower(): v for k, v in self.env.items()
                            if k.startswith("ORCH_")})
 
+    def submissions(self, provider: str, outcome: str = "accepted") -> list[dict[str, Any]]:
+        """What a sandbox received, filtered by outcome."""
+        sandbox = self.fal if provider == "fal" else self.runware
+        return [s for s in sandbox.ledger.submissions if s.get("outcome") == outcome]
+
+    def submissions_per_job(self, provider: str) -> dict[str, int]:
+        """Accepted submissions counted by the job id in their webhook URL."""
+        counts: dict[str, int] = {}
+        for sub in self.submissions(provider):
+            job_id = str(sub.get("webhook_url") or "").split("/webhooks/")[-1].split("/")[1]
+            counts[job_id] = counts.get(job_id, 0) + 1
+        return counts
+
     def start_worker(self, name: str = "w1", concurrency: int = 4, queues: str | None = None,
                      extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start one `orchestrator worker` process."""
@@ -117,13 +130,14 @@ def _final(batch: dict[str, Any]) -> bool:
 
 def start_stack(pg_url: str, redis_url: str, tmp: Path, *, fal_faults: Faults | None = None,
                 runware_faults: Faults | None = None, env: dict[str, str] | None = None,
-                fal_concurrency: int = 100) -> Stack:
+                fal_concurrency: int = 100, api_env: dict[str, str] | None = None,
+                runware_config: dict[str, Any] | None = None) -> Stack:
     """Start sandboxes and the API; workers are started by the test."""
     redis.Redis.from_url(redis_url).flushdb()
     quick = {"webhook_backoff": 0.2, "webhook_backoff_max": 1.0, "webhook_timeout": 5.0, "seed": 7}
     fal = FalSandbox(FalConfig(faults=fal_faults or Faults(), concurrency=fal_concurrency, **quick))
     fal.start()
-    runware = RunwareSandbox(RunwareConfig(faults=runware_faults or Faults(), **quick))
+    runware = RunwareSandbox(RunwareConfig(faults=runware_faults or Faults(), **{**quick, **(runware_config or {})}))
     runware.start()
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
@@ -141,7 +155,9 @@ def start_stack(pg_url: str, redis_url: str, tmp: Path, *, fal_faults: Faults | 
     stack = Stack(fal, runware, api_url, full_env, tmp)
     from orchestrator.api import create_app
 
-    app = create_app(stack.settings())
+    api_settings = Settings(**{k.removeprefix("ORCH_").lower(): v for k, v in {**full_env, **(api_env or {})}.items()
+                               if k.startswith("ORCH_")})
+    app = create_app(api_settings)
     server = make_server("127.0.0.1", port, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     stack._server = server

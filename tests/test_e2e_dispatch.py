@@ -1,0 +1,139 @@
+"""Dispatch properties against real workers, Redis, Postgres and the sandboxes over HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.models import JobEvent
+from orchestrator.sandbox.faults import Faults
+from tests.conftest import REDIS_URL, make_key
+from tests.stack import Stack, start_stack
+
+pytestmark = pytest.mark.slow
+StackFactory = Callable[..., Stack]
+
+
+@pytest.fixture
+def make_stack(pg_url: str, tmp_path: Path, sessions: sessionmaker[Session]) -> Iterator[StackFactory]:
+    started: list[Stack] = []
+
+    def factory(**kw: Any) -> Stack:
+        stack = start_stack(pg_url, REDIS_URL, tmp_path, **kw)
+        started.append(stack)
+        return stack
+
+    yield factory
+    for stack in started:
+        stack.stop()
+
+
+def _items(n: int, model: str = "fal-ai/flux/schnell", **extra: Any) -> list[dict[str, Any]]:
+    return [{"custom_id": f"j{i}", "model": model, "prompt": f"a lighthouse, study {i}", "image_size": "square",
+             **extra} for i in range(n)]
+
+
+def test_three_workers_hold_the_in_flight_limit(make_stack: StackFactory, sessions: sessionmaker[Session]) -> None:
+    stack = make_stack(fal_faults=Faults(latency_min=0.3, latency_max=0.6), env={"ORCH_FAL_MAX_IN_FLIGHT": "3"})
+    for name in ("w1", "w2", "w3"):
+        stack.start_worker(name, concurrency=4)
+    client = stack.client(make_key(sessions, "acme"))
+    batch = client.post("/v1/batches", json={"items": _items(24)}).json()
+    done = stack.wait_batch(client, batch["id"], timeout=120)
+    assert done["state"] == "succeeded", stack.logs()
+    assert stack.fal.ledger.peak_inflight() <= 3
+    assert stack.fal.ledger.peak_inflight() >= 2  # the pipe was actually kept full
+    per_job = stack.submissions_per_job("fal")
+    assert len(per_job) == 24 and set(per_job.values()) == {1}
+
+
+def test_429_storm_honours_retry_after(make_stack: StackFactory, sessions: sessionmaker[Session]) -> None:
+    faults = Faults(submit_429_rate=1.0, submit_fault_budget=4, retry_after=1.0)
+    stack = make_stack(fal_faults=faults, env={"ORCH_FAL_MAX_IN_FLIGHT": "1"})
+    stack.start_worker("w1")
+    stack.start_worker("w2")
+    client = stack.client(make_key(sessions, "acme"))
+    batch = client.post("/v1/batches", json={"items": _items(3)}).json()
+    assert stack.wait_batch(client, batch["id"], timeout=60)["state"] == "succeeded", stack.logs()
+    subs = stack.fal.ledger.submissions
+    assert [s.get("http_status") for s in subs].count(429) == 4
+    for earlier, later in zip(subs, subs[1:], strict=False):
+        if earlier.get("http_status") == 429:
+            assert later["time"] - earlier["time"] >= 0.95, "a request went out before Retry-After"
+    assert set(stack.submissions_per_job("fal").values()) == {1}
+
+
+def test_permanent_validation_error_fails_only_that_job(make_stack: StackFactory,
+                                                        sessions: sessionmaker[Session]) -> None:
+    # Our catalog allows 2048 px on Runware; this account's sandbox only 1024, so Runware itself says no.
+    stack = make_stack(runware_config={"max_side": 1024})
+    stack.start_worker("w1")
+    client = stack.client(make_key(sessions, "acme"))
+    items = [{"custom_id": "ok", "model": "runware:100@1", "prompt": "a calm sea", "width": 512, "height": 512},
+             {"custom_id": "too-wide", "model": "runware:100@1", "prompt": "a calm sea", "width": 1536,
+              "height": 512}]
+    batch = client.post("/v1/batches", json={"items": items}).json()
+    done = stack.wait_batch(client, batch["id"])
+    assert done["state"] == "partially_failed", stack.logs()
+    jobs = {j["custom_id"]: j for j in client.get(f"/v1/batches/{batch['id']}/jobs").json()["data"]}
+    assert jobs["ok"]["state"] == "succeeded"
+    bad = jobs["too-wide"]
+    assert bad["state"] == "failed" and "width" in bad["error_message"] and bad["error_code"]
+    assert len(stack.submissions("runware", "rejected")) == 1  # failed fast: not retried
+
+
+def test_worker_killed_mid_dispatch_loses_nothing_and_pays_once(make_stack: StackFactory,
+                                                                 sessions: sessionmaker[Session]) -> None:
+    stack = make_stack(fal_faults=Faults(latency_min=0.4, latency_max=0.8))
+    first = stack.start_worker("w1", concurrency=8)
+    stack.start_beat()
+    client = stack.client(make_key(sessions, "acme"))
+    batch = client.post("/v1/batches", json={"items": _items(30)}).json()
+    deadline = time.monotonic() + 30
+    while len(stack.fal.ledger.submissions) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stack.kill(first)  # SIGKILL the whole worker, mid-flight
+    stack.start_worker("w2", concurrency=8)
+    done = stack.wait_batch(client, batch["id"], timeout=120)
+    assert done["state"] == "succeeded", stack.logs()
+    per_job = stack.submissions_per_job("fal")
+    assert len(per_job) == 30 and set(per_job.values()) == {1}, per_job
+
+
+def test_broker_down_at_intake_then_database_finishes(make_stack: StackFactory,
+                                                     sessions: sessionmaker[Session]) -> None:
+    stack = make_stack(api_env={"ORCH_BROKER_URL": "redis://127.0.0.1:1/0"})  # the API cannot publish
+    client = stack.client(make_key(sessions, "acme"))
+    resp = client.post("/v1/batches", json={"items": _items(3)})
+    assert resp.status_code == 201  # a failed send never fails the request
+    time.sleep(1)
+    assert client.get(f"/v1/batches/{resp.json()['id']}").json()["counts"]["queued"] == 3
+    stack.start_worker("w1")
+    stack.start_beat()  # the sweep finds the work in the database
+    assert stack.wait_batch(client, resp.json()["id"], timeout=60)["state"] == "succeeded", stack.logs()
+
+
+def test_timed_out_submit_is_not_resent_and_early_callback_finds_its_job(
+        make_stack: StackFactory, sessions: sessionmaker[Session]) -> None:
+    # fal accepts the request and calls back, but our submit call never gets an answer.
+    faults = Faults(submit_timeout_rate=1.0, submit_timeout_seconds=2.0, submit_timeout_accepts=True,
+                    submit_fault_budget=1, latency_min=0.05, latency_max=0.1)
+    stack = make_stack(fal_faults=faults)
+    stack.start_worker("w1")
+    stack.start_beat()
+    client = stack.client(make_key(sessions, "acme"))
+    batch = client.post("/v1/batches", json={"items": _items(1)}).json()
+    assert stack.wait_batch(client, batch["id"], timeout=60)["state"] == "succeeded", stack.logs()
+    assert len(stack.fal.ledger.submissions) == 1  # never resent blindly
+    with sessions() as s:
+        events = {e.kind: e for e in s.scalars(sa.select(JobEvent).order_by(JobEvent.id))}
+    # The submit never got its answer (no request id was ever recorded), yet the callback URL alone
+    # found the job and attempt, and moved it on from `submitting`.
+    assert events["result_received"].from_state == "submitting"
+    assert "retry_scheduled" not in events and "stored" in events
