@@ -18,7 +18,7 @@ from orchestrator import queue, state
 from orchestrator.db import utcnow
 from orchestrator.models import Asset, Job, JobState
 from orchestrator.providers.base import ImageRef, Outcome
-from orchestrator.providers.errors import ProviderError, TransientProviderError
+from orchestrator.providers.errors import NotFound, ProviderError, TransientProviderError
 from workers import admission
 from workers.context import Context
 from workers.dispatch import kick, retry_or_fail
@@ -95,6 +95,13 @@ def _cost(session: Session, job_id: uuid.UUID) -> Decimal | None:
 def _failed(c: Context, session: Session, job: Job, error: ProviderError | None, source: str) -> str:
     error = error or TransientProviderError(job.provider, "the provider reported a failure without details")
     detail = {"source": source, "error": str(error), "code": error.code}
+    if isinstance(error, NotFound) and job.state is JobState.submitted:
+        # The provider had the request and no longer has its result: resubmitting would pay
+        # again, so the job fails cleanly and a user's retry decides.
+        state.transition(session, job.id, JobState.failed, kind="failed", detail={**detail, "retryable": True},
+                         values={"error_code": "result_expired", "error_message": error.message})
+        kick(c, session, job.provider)
+        return "failed: result expired"
     if not error.retry_job:
         state.transition(session, job.id, JobState.failed, kind="failed", detail=detail,
                          values={"error_code": error.code or "generation_failed", "error_message": error.message})
