@@ -95,7 +95,8 @@ class Stack:
 
     def logs(self) -> str:
         """Everything the processes printed (for failure messages)."""
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-6000:]}" for p in sorted(self.tmp.glob("*.log")))
+        logs = sorted(self.tmp.glob("*.log"))
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-6000:]}" for p in logs)
 
     def client(self, key: str) -> httpx.Client:
         """An API client with a bearer key."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,7 +64,7 @@ def test_429_storm_honours_retry_after(make_stack: StackFactory, sessions: sessi
     assert stack.wait_batch(client, batch["id"], timeout=60)["state"] == "succeeded", stack.logs()
     subs = stack.fal.ledger.submissions
     assert [s.get("http_status") for s in subs].count(429) == 4
-    for earlier, later in zip(subs, subs[1:], strict=False):
+    for earlier, later in itertools.pairwise(subs):
         if earlier.get("http_status") == 429:
             assert later["time"] - earlier["time"] >= 0.95, "a request went out before Retry-After"
     assert set(stack.submissions_per_job("fal").values()) == {1}
