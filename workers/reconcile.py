@@ -61,7 +61,10 @@ def _collect(c: Context, session: Session, job: Job, outcome: Outcome, source: s
             return _failed(c, session, job, err, source)
         state.record(session, job.id, "image_received", job.attempt, source=source, have=have, of=job.num_images)
         return f"collected {have}/{job.num_images}"
-    cost = _cost(session, job.id) if outcome.cost is None else Decimal(str(outcome.cost))
+    # Runware reports a cost per image, delivered one image at a time: sum what was collected.
+    cost = _cost(session, job.id)
+    if cost is None and outcome.cost is not None:
+        cost = Decimal(str(outcome.cost))
     moved = state.transition(session, job.id, JobState.storing, kind="result_received", expect=WAITING,
                              detail={"source": source, "images": have}, cost=cost,
                              values={"callback_at": sa.func.now()})

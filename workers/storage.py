@@ -120,7 +120,7 @@ def _store_one(c: Context, info: JobInfo, item: Pending) -> tuple[str, str] | No
     except ImageError as exc:
         if getattr(exc, "transient", False):
             raise TransientStoreError(str(exc)) from None
-        return type(exc).__name__.lower(), str(exc)
+        return _code(exc), str(exc)
     with c.session() as session:
         session.execute(
             sa.update(Asset).where(Asset.id == item.asset_id, Asset.stored_at.is_(None)).values(
@@ -128,6 +128,12 @@ def _store_one(c: Context, info: JobInfo, item: Pending) -> tuple[str, str] | No
                 bytes=image.size, sha256=image.sha256, stored_at=utcnow()))
         state.record(session, info.job_id, "image_stored", 0, index=item.index, key=key, sha256=image.sha256)
     return None
+
+
+def _code(exc: ImageError) -> str:
+    """A stable error code from the exception class: InvalidImage -> invalid_image."""
+    name = type(exc).__name__
+    return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in name).lstrip("_")
 
 
 def _finish(c: Context, info: JobInfo) -> str:
