@@ -266,3 +266,13 @@ class Heartbeat(Base):
 
     name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     seen_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Counter(Base):
+    """A monotonic counter for /metrics, shared by every worker process."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(sa.String(80), primary_key=True)
+    labels: Mapped[str] = mapped_column(sa.String(300), primary_key=True)
+    value: Mapped[int] = mapped_column(sa.BigInteger, default=0)

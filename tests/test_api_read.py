@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+import sqlalchemy as sa
 from flask.testing import FlaskClient
+
+from orchestrator import metrics
+from orchestrator.db import utcnow
+from orchestrator.models import Heartbeat
 
 ITEM = {"model": "fal-ai/flux/schnell", "prompt": "a red fox"}
 
@@ -63,10 +70,34 @@ def test_models_and_openapi(client: FlaskClient) -> None:
     assert "items" in spec["components"]["schemas"]["BatchRequest"]["properties"]
 
 
-def test_health(client: FlaskClient) -> None:
+def test_health_and_readiness_needs_a_consuming_worker(client: FlaskClient, sessions) -> None:  # type: ignore[no-untyped-def]
     assert client.get("/healthz").json == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json["checks"] == {"database": "ok", "broker": "ok"}
+    assert ready.status_code == 503 and ready.json["checks"]["worker"].startswith("error: no worker")
+    assert ready.json["checks"]["database"] == "ok" and ready.json["checks"]["broker"] == "ok"
+    with sessions.begin() as s:
+        s.add(Heartbeat(name="maintenance", seen_at=utcnow()))
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["checks"] == {"database": "ok", "broker": "ok", "worker": "ok"}
+    with sessions.begin() as s:
+        s.execute(sa.update(Heartbeat).values(seen_at=utcnow() - timedelta(minutes=5)))
+    assert client.get("/readyz").json["checks"]["worker"].startswith("error: last consumed")
+
+
+def test_metrics_exposition(client: FlaskClient, headers: dict[str, str], sessions) -> None:  # type: ignore[no-untyped-def]
+    _batch(client, headers, 3)
+    with sessions.begin() as s:
+        metrics.incr(s, "orchestrator_provider_requests_total", provider="fal", call="submit", outcome="accepted",
+                     code=200)
+        metrics.incr(s, "orchestrator_provider_requests_total", provider="fal", call="submit", outcome="accepted",
+                     code=200)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'orchestrator_jobs{state="queued"} 3' in text
+    assert 'orchestrator_jobs{state="succeeded"} 0' in text
+    assert 'orchestrator_in_flight_limit{provider="fal"} 2' in text
+    assert ('orchestrator_provider_requests_total{call="submit",code="200",outcome="accepted",provider="fal"} 2'
+            in text)
+    assert "orchestrator_callback_to_stored_seconds_count 0" in text
 
 
 def test_readyz_reports_unreachable_broker(app, client: FlaskClient) -> None:  # type: ignore[no-untyped-def]

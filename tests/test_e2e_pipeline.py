@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def test_mixed_batch_through_both_providers(stack: Stack, sessions: sessionmaker
         assert hashlib.sha256(data).hexdigest() == img["sha256"]
     assert {(i["width"], i["height"]) for i in lines[0]["images"]} == {(512, 512)}
     assert {(i["width"], i["height"]) for i in lines[-1]["images"]} == {(512, 384)}
+    text = client.get("/metrics").text
+    assert 'orchestrator_jobs{state="succeeded"} 7' in text
+    assert 'orchestrator_provider_requests_total{call="submit",code="200",outcome="accepted",provider="fal"} 4' in text
+    assert "orchestrator_callback_to_stored_seconds_count 7" in text
+    deadline = time.monotonic() + 20
+    while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)  # the first sweep a worker consumes proves it is consuming
+    assert ready.status_code == 200, ready.text
     # Never paid twice: one provider submission per job.
     assert len(stack.fal.ledger.submissions) == 4
     assert len(stack.runware.ledger.submissions) == 3

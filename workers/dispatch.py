@@ -15,7 +15,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from celery import shared_task
 
-from orchestrator import catalog, queue, state
+from orchestrator import catalog, metrics, queue, state
 from orchestrator.callbacks import callback_url
 from orchestrator.db import utcnow
 from orchestrator.log import bound
@@ -93,6 +93,8 @@ def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submit
         job = session.get(Job, job_id)
         assert job is not None
         admission.record_success(session, job.provider)
+        metrics.incr(session, "orchestrator_provider_requests_total", provider=job.provider, call="submit",
+                     outcome="accepted", code=200)
         values = {"provider_request_id": answer.request_id, "provider_meta": answer.meta, "submitted_at": now}
         moved = state.transition(session, job_id, JobState.submitted, kind="submitted", expect=[JobState.submitting],
                                  values=values, detail={"request_id": answer.request_id, "provider": job.provider})
@@ -114,6 +116,8 @@ def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderErro
     with c.session() as session:
         job = session.get(Job, job_id)
         assert job is not None
+        metrics.incr(session, "orchestrator_provider_requests_total", provider=job.provider, call="submit",
+                     outcome=type(exc).__name__, code=exc.status_code or exc.code or "none")
         if isinstance(exc, RateLimited):
             wait = exc.retry_after if exc.retry_after is not None else 5.0
             admission.block(session, job.provider, wait, now)

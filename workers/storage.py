@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from celery import shared_task
 
-from orchestrator import queue, state
+from orchestrator import metrics, queue, state
 from orchestrator.db import utcnow
 from orchestrator.log import bound
 from orchestrator.models import Asset, Batch, Job, JobState
@@ -66,6 +66,8 @@ def store_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
     try:
         return store(ctx(), uuid.UUID(job_id))
     except TransientStoreError as exc:
+        with ctx().session() as session:
+            metrics.incr(session, "orchestrator_storage_failures_total", reason="transient")
         if self.request.retries >= self.max_retries:
             return f"gave up for now: {exc}"
         raise self.retry(countdown=min(60, 2 ** self.request.retries), exc=exc) from None
@@ -149,6 +151,7 @@ def _finish(c: Context, info: JobInfo) -> str:
 def _give_up(c: Context, job_id: uuid.UUID, problem: tuple[str, str]) -> str:
     code, message = problem
     with c.session() as session:
+        metrics.incr(session, "orchestrator_storage_failures_total", reason=code)
         job = session.get(Job, job_id)
         state.transition(session, job_id, JobState.failed, kind="failed", expect=[JobState.storing],
                          values={"error_code": code, "error_message": message[:2000]},

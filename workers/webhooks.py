@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from celery import shared_task
 
-from orchestrator import queue, state
+from orchestrator import metrics, queue, state
 from orchestrator.db import utcnow
 from orchestrator.log import bound
 from orchestrator.models import Delivery, Job
@@ -108,6 +108,8 @@ def poll_job(c: Context, job_id: uuid.UUID) -> str:
         if job is None:
             return "gone"
         state.record(session, job_id, "poll", target.attempt, status=outcome.status if outcome else "error")
+        metrics.incr(session, "orchestrator_provider_requests_total", provider=target.provider, call="poll",
+                     outcome=outcome.status if outcome else "error", code="-")
         if outcome is None:
             return "poll failed"
         if outcome.status == "fetch_result":

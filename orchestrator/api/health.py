@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
+import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
+from orchestrator import metrics
 from orchestrator.api.context import services
+from orchestrator.db import utcnow
+from orchestrator.models import Heartbeat
 
 bp = Blueprint("health", __name__)
 
@@ -19,7 +25,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     """The database and the broker answer."""
-    checks = {"database": _database(), "broker": _broker()}
+    checks = {"database": _database(), "broker": _broker(), "worker": _worker()}
     ok = all(v == "ok" for v in checks.values())
     return jsonify({"status": "ok" if ok else "unavailable", "checks": checks}), 200 if ok else 503
 
@@ -31,6 +37,30 @@ def _database() -> str:
         return "ok"
     except Exception as exc:
         return f"error: {type(exc).__name__}"
+
+
+def _worker() -> str:
+    """A worker consumed a sweep message recently: proof of consumption, not just a live PID."""
+    settings = services().settings
+    try:
+        with services().engine.connect() as conn:
+            seen = conn.execute(sa.select(Heartbeat.seen_at).where(Heartbeat.name == "maintenance")).scalar()
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    if seen is None:
+        return "error: no worker has consumed a message yet"
+    seen = seen if seen.tzinfo else seen.replace(tzinfo=UTC)
+    age = (utcnow() - seen).total_seconds()
+    limit = 3 * settings.sweep_interval_seconds + 10
+    return "ok" if age <= limit else f"error: last consumed {age:.0f}s ago"
+
+
+@bp.get("/metrics")
+def metrics_endpoint() -> Response:
+    """Prometheus text exposition."""
+    with services().sessions() as session:
+        body = metrics.render(session, services().settings)
+    return Response(body, mimetype="text/plain; version=0.0.4")
 
 
 def _broker() -> str:

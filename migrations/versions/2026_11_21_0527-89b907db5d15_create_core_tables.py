@@ -1,8 +1,8 @@
 """create core tables
 
-Revision ID: a913d1656629
+Revision ID: 89b907db5d15
 Revises: 
-Create Date: 2026-11-21 05:19:04.303874
+Create Date: 2026-11-21 05:27:57.074661
 
 Every migration must stay compatible with the previous release's code: split breaking
 changes into expand and contract steps. Never import application models here.
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = 'a913d1656629'
+revision: str = '89b907db5d15'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -35,6 +35,12 @@ def upgrade() -> None:
     sa.UniqueConstraint('secret_hash', name=op.f('uq_api_keys_secret_hash'))
     )
     op.create_index(op.f('ix_api_keys_prefix'), 'api_keys', ['prefix'], unique=False)
+    op.create_table('counters',
+    sa.Column('name', sa.String(length=80), nullable=False),
+    sa.Column('labels', sa.String(length=300), nullable=False),
+    sa.Column('value', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('name', 'labels', name=op.f('pk_counters'))
+    )
     op.create_table('heartbeats',
     sa.Column('name', sa.String(length=64), nullable=False),
     sa.Column('seen_at', sa.DateTime(timezone=True), nullable=False),
@@ -208,6 +214,7 @@ def downgrade() -> None:
     op.drop_table('schedules')
     op.drop_table('provider_accounts')
     op.drop_table('heartbeats')
+    op.drop_table('counters')
     op.drop_index(op.f('ix_api_keys_prefix'), table_name='api_keys')
     op.drop_table('api_keys')
     # ### end Alembic commands ###

@@ -1,0 +1,91 @@
+"""Prometheus metrics, computed from the database so every process and machine agrees.
+
+Gauges (jobs and batches by state, in flight per provider) are counted on scrape; counters
+(provider requests by outcome and status code, storage failures) live in the `counters` table
+and are incremented by workers in the transaction that records what they count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from orchestrator.models import Batch, Counter, Job, JobState
+from orchestrator.settings import Settings
+
+LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+HELP = {
+    "orchestrator_provider_requests_total": ("counter", "Provider HTTP calls by provider, call, outcome and code"),
+    "orchestrator_storage_failures_total": ("counter", "Failed image copies by reason"),
+}
+
+
+def incr(session: Session, name: str, amount: int = 1, **labels: object) -> None:
+    """Add to a counter in the caller's transaction."""
+    text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(Counter.__table__).values(name=name, labels=text, value=amount)
+    session.execute(stmt.on_conflict_do_update(index_elements=["name", "labels"],
+                                               set_={"value": Counter.__table__.c.value + amount}))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(session: Session, settings: Settings) -> str:
+    """The whole exposition, text format 0.0.4."""
+    lines: list[str] = []
+    _gauge(lines, "orchestrator_jobs", "Jobs by state", session.execute(
+        sa.select(Job.state, sa.func.count()).group_by(Job.state)).all(), "state", [s.value for s in JobState])
+    _gauge(lines, "orchestrator_batches", "Batches by state", session.execute(
+        sa.select(Batch.state, sa.func.count()).group_by(Batch.state)).all(), "state")
+    flying = dict(session.execute(sa.select(Job.provider, sa.func.count()).where(
+        Job.state.in_([JobState.submitting, JobState.submitted])).group_by(Job.provider)).all())
+    lines += ["# HELP orchestrator_in_flight Requests at the provider", "# TYPE orchestrator_in_flight gauge",
+              "# HELP orchestrator_in_flight_limit Configured in-flight cap",
+              "# TYPE orchestrator_in_flight_limit gauge"]
+    for provider in ("fal", "runware"):
+        limit, _ = settings.provider_limits(provider)
+        lines.append(f'orchestrator_in_flight{{provider="{provider}"}} {flying.get(provider, 0)}')
+        lines.append(f'orchestrator_in_flight_limit{{provider="{provider}"}} {limit}')
+    _counters(lines, session)
+    _latency(lines, session)
+    return "\n".join(lines) + "\n"
+
+
+def _gauge(lines: list[str], name: str, help_: str, rows: Iterable[tuple[object, int]], label: str,
+           always: Iterable[str] = ()) -> None:
+    values = {getattr(k, "value", k): n for k, n in rows}
+    lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
+    for key in sorted(set(always) | set(values)):
+        lines.append(f'{name}{{{label}="{key}"}} {values.get(key, 0)}')
+
+
+def _counters(lines: list[str], session: Session) -> None:
+    rows = session.execute(sa.select(Counter.name, Counter.labels, Counter.value).order_by(Counter.name,
+                                                                                         Counter.labels)).all()
+    for name, (kind, help_) in HELP.items():
+        lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+        lines += [f"{name}{{{labels}}} {value}" for n, labels, value in rows if n == name]
+
+
+def _latency(lines: list[str], session: Session) -> None:
+    """Callback received -> all images stored, per succeeded job, as a cumulative histogram."""
+    name = "orchestrator_callback_to_stored_seconds"
+    if session.get_bind().dialect.name == "postgresql":
+        secs = sa.extract("epoch", Job.completed_at - Job.callback_at)
+    else:
+        secs = (sa.func.julianday(Job.completed_at) - sa.func.julianday(Job.callback_at)) * 86400.0
+    columns = [sa.func.coalesce(sa.func.sum(sa.case((secs <= b, 1), else_=0)), 0) for b in LATENCY_BUCKETS]
+    row = session.execute(sa.select(*columns, sa.func.coalesce(sa.func.sum(secs), 0), sa.func.count()).where(
+        Job.state == JobState.succeeded, Job.callback_at.is_not(None), Job.completed_at.is_not(None))).one()
+    lines += [f"# HELP {name} Time from provider callback to the last image stored", f"# TYPE {name} histogram"]
+    for bound, count in zip(LATENCY_BUCKETS, row[:-2], strict=True):
+        lines.append(f'{name}_bucket{{le="{bound}"}} {count}')
+    lines += [f'{name}_bucket{{le="+Inf"}} {row[-1]}', f"{name}_sum {round(float(row[-2]), 3)}",
+              f"{name}_count {row[-1]}"]
