@@ -1,0 +1,333 @@
+"""The Runware sandbox: `POST /v1` task arrays, sync/async imageInference, getResponse, webhooks, uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator.sandbox.config import RunwareConfig
+from orchestrator.sandbox.faults import Faults
+from orchestrator.sandbox.ids import new_uuid
+from orchestrator.sandbox.images import ImageSpec
+from orchestrator.sandbox.ledger import key_label
+from orchestrator.sandbox.runware_tasks import ImageTask, TaskError, cost, task_error, validate_image_task
+from orchestrator.sandbox.server import BaseSandbox, hang_up, retry_after
+from orchestrator.sandbox.webhooks import Delivery
+
+INVALID_KEY = "Invalid API key. Get one at https://my.runware.ai/signup"
+_REJECTIONS = {
+    429: ("rateLimitExceeded", "Queue capacity exceeded. Retry with exponential backoff."),
+    402: ("insufficientCredits", "Insufficient credits. Top up your account balance."),
+    500: ("internalServerError", "Internal server error."),
+    502: ("badGateway", "Bad gateway."),
+    503: ("serviceUnavailable", "Service temporarily unavailable."),
+    504: ("timeout", "Timed out waiting in the model queue."),
+}
+_FAILURES = {
+    500: ("timeoutProvider", "The provider did not respond in time."),
+    422: ("contentPolicyViolation", "The content was rejected by the provider's content policy."),
+}
+
+Slot = dict[str, Any] | TaskError | None  # None: still processing
+
+
+@dataclass(eq=False)
+class RunwareJob:
+    """One accepted imageInference task and the state of each of its images."""
+
+    task: ImageTask
+    key: str
+    first_seed: int
+    slots: list[Slot]
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    expires_at: float | None = None  # monotonic; set when every image is finished
+
+    @property
+    def ref(self) -> dict[str, str]:
+        """The task's identity in Runware answers."""
+        return {"taskType": "imageInference", "taskUUID": self.task.task_uuid}
+
+
+class RunwareSandbox(BaseSandbox):
+    """Local emulator of Runware's REST task API for the project's FLUX models."""
+
+    provider = "runware"
+    media_prefix = "/image"
+    config: RunwareConfig
+
+    def __init__(self, config: RunwareConfig | None = None, **overrides: Any) -> None:
+        config = dataclasses.replace(config or RunwareConfig(), **overrides)
+        super().__init__(config)
+        self._jobs: dict[str, RunwareJob] = {}
+
+    @property
+    def api_url(self) -> str:
+        """The task endpoint (`http_base_url` for Runware's SDK)."""
+        return f"{self.url}/v1"
+
+    # -- BaseSandbox hooks ----------------------------------------------------------------------------------
+
+    def _reset_state(self) -> None:
+        self._jobs = {}
+
+    def _busy(self) -> bool:
+        return any(not job.done.is_set() for job in self._jobs.values())
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1", self._handle_tasks)
+        app.router.add_post("/v1/", self._handle_tasks)
+
+    # -- request level --------------------------------------------------------------------------------------
+
+    async def _handle_tasks(self, request: web.Request) -> web.StreamResponse:
+        try:
+            tasks = await request.json()
+        except ValueError:
+            tasks = None
+        if not isinstance(tasks, list) or not tasks:
+            msg = "The request body must be a non-empty JSON array of task objects."
+            return _respond([], [task_error("invalidRequestBody", msg, None)])
+        key, tasks = self._authenticate(request, tasks)
+        if key is None:
+            return _respond(
+                [], [task_error("invalidApiKey", INVALID_KEY, {"taskType": "authentication"}, "apiKey", http=401)]
+            )
+        image_tasks = [t for t in tasks if isinstance(t, dict) and t.get("taskType") == "imageInference"]
+        faults = self.faults.for_model(str(image_tasks[0].get("model"))) if image_tasks else self.faults
+        hanging = False
+        if image_tasks:
+            hanging = await self.submit_stall(request, faults)
+            if hanging and not faults.submit_timeout_accepts:
+                for task in image_tasks:
+                    self._record(task, key, outcome="timeout")
+                hang_up(request)
+            rejection = None if hanging else self._inject_rejection(image_tasks, key, faults)
+            if rejection is not None:
+                return rejection
+        elif self.dice.chance(faults.poll_500_rate) and _has_poll(tasks):
+            return _respond([], [task_error("internalServerError", "Internal server error.", None, http=500)])
+        outcomes = await asyncio.gather(*(self._dispatch(task, key) for task in tasks))
+        if hanging:
+            hang_up(request)
+        data = [item for items, _ in outcomes for item in items]
+        errors = [err for _, errs in outcomes for err in errs]
+        return _respond(data, errors)
+
+    def _authenticate(self, request: web.Request, tasks: list[Any]) -> tuple[str | None, list[Any]]:
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        key = credential.strip() if scheme.lower() == "bearer" else None
+        first = tasks[0]
+        if isinstance(first, dict) and first.get("taskType") == "authentication":
+            key = key or first.get("apiKey")
+            tasks = tasks[1:]
+        return (key if key in self.config.keys else None), tasks
+
+    def _inject_rejection(self, image_tasks: list[dict[str, Any]], key: str, faults: Faults) -> web.Response | None:
+        status = self.roll_submit_error(faults, (429, 402, 500, 502, 503, 504))
+        if status is None:
+            return None
+        code, message = _REJECTIONS[status]
+        errors = [task_error(code, message, task, http=status) for task in image_tasks]
+        for task in image_tasks:
+            self._record(task, key, outcome="rejected", http_status=status)
+        headers = {"Retry-After": retry_after(faults)} if status in (429, 503) else None
+        return _respond([], errors, headers)
+
+    async def _dispatch(self, task: Any, key: str) -> tuple[list[dict[str, Any]], list[TaskError]]:
+        if not isinstance(task, dict):
+            return [], [task_error("invalidTask", "Each task must be a JSON object.", None)]
+        task_type = task.get("taskType")
+        if task_type == "imageInference":
+            return await self._image_inference(task, key)
+        if task_type == "getResponse":
+            return self._get_response(task, key)
+        if task_type == "ping":
+            return [{"taskType": "ping", "pong": True}], []
+        msg = f"Unsupported taskType '{task_type}'."
+        return [], [task_error("unsupportedTaskType", msg, task, "taskType")]
+
+    # -- imageInference ----------------------------------------------------------------------------------------
+
+    async def _image_inference(self, task: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], list[TaskError]]:
+        checked = validate_image_task(task, self.config)
+        if isinstance(checked, list):
+            self._record(task, key, outcome="rejected", http_status=400)
+            return [], checked
+        refused = self._refuse(checked, task, key)
+        if refused is not None:
+            self._record(task, key, outcome="rejected", http_status=refused.http)
+            return [], [refused]
+        job = self._start_job(checked, key)
+        self._record(task, key, outcome="accepted", http_status=200)
+        if checked.delivery == "async":
+            return [job.ref], []
+        try:
+            await asyncio.wait_for(job.done.wait(), self.config.sync_timeout)
+        except TimeoutError:
+            msg = "The task did not finish within the sync window; it keeps running, fetch it with getResponse."
+            return [], [task_error("timeout", msg, task, http=504)]
+        return _sync_items(job)
+
+    def _refuse(self, checked: ImageTask, task: dict[str, Any], key: str) -> TaskError | None:
+        if checked.task_uuid in self._jobs:
+            msg = f"taskUUID '{checked.task_uuid}' was already used; send a new UUIDv4 per task."
+            return task_error("duplicateTaskUUID", msg, task, "taskUUID")
+        capacity = self.config.capacity
+        if capacity is not None and self.ledger.inflight(key) >= capacity:
+            code, message = _REJECTIONS[429]
+            return task_error(code, message, task, http=429)
+        return None
+
+    def _start_job(self, checked: ImageTask, key: str) -> RunwareJob:
+        first_seed = checked.seed if checked.seed is not None else 1 + self.dice.bits(31)
+        job = RunwareJob(checked, key, first_seed, [None] * checked.number_results)
+        self._jobs[checked.task_uuid] = job
+        self.ledger.started(key)
+        for index in range(checked.number_results):
+            self.spawn(self._run_image(job, index))
+        return job
+
+    async def _run_image(self, job: RunwareJob, index: int) -> None:
+        faults = self.faults.for_model(job.task.model)
+        await asyncio.sleep(self.dice.uniform(faults.latency_min, faults.latency_max))
+        data = b""
+        if self.dice.chance(faults.failure_rate):
+            code, message = _FAILURES.get(faults.failure_status, ("inferenceError", "Inference failed."))
+            slot: Slot = task_error(code, message, job.ref, http=500)
+        else:
+            slot, data = await self._make_item(job, index, faults)
+        job.slots[index] = slot
+        if all(s is not None for s in job.slots):
+            ttl = self.config.task_ttl if faults.result_ttl is None else faults.result_ttl
+            job.expires_at = time.monotonic() + ttl
+            job.done.set()
+            self.ledger.finished(job.key)
+        self._deliver(job, slot, data, faults)
+
+    async def _make_item(self, job: RunwareJob, index: int, faults: Faults) -> tuple[dict[str, Any], bytes]:
+        task = job.task
+        nsfw = bool(task.safety) and self.dice.chance(faults.nsfw_rate)
+        spec = ImageSpec(task.prompt, job.first_seed + index, task.width, task.height, task.output_format, blank=nsfw)
+        data = await self.render(spec)
+        image_uuid = new_uuid()
+        item: dict[str, Any] = {**job.ref, "imageUUID": image_uuid}
+        if "URL" in task.output_types:
+            ttl = self.media_ttl(faults, float(task.ttl or self.config.media_ttl))
+            item["imageURL"] = f"{self.url}{self.media_prefix}/{self.media.add(spec, len(data), ttl, image_uuid)}"
+        encoded = base64.b64encode(data).decode()
+        if "base64Data" in task.output_types:
+            item["imageBase64Data"] = encoded
+        if "dataURI" in task.output_types:
+            item["imageDataURI"] = f"data:{spec.content_type};base64,{encoded}"
+        item["seed"] = spec.seed
+        if task.safety is not None:
+            item["NSFWContent"] = nsfw
+        if task.include_cost:
+            item["cost"] = cost(task)
+        return item, data
+
+    # -- webhooks and uploads ---------------------------------------------------------------------------------
+
+    def _deliver(self, job: RunwareJob, slot: Slot, data: bytes, faults: Faults) -> None:
+        task = job.task
+        sent: asyncio.Future[None] | None = None
+        if task.webhook_url and (isinstance(slot, dict) or faults.webhook_send_failures):
+            if isinstance(slot, dict):
+                body: dict[str, Any] = slot if faults.webhook_flat else {"data": [slot]}
+                ref = {"provider": "runware", "task_uuid": task.task_uuid, "image_uuid": slot["imageUUID"]}
+            else:
+                assert slot is not None
+                body = {"errors": [{**slot.body, "status": "error"}]}
+                ref = {"provider": "runware", "task_uuid": task.task_uuid, "image_uuid": None}
+            sent = self.sender.send(Delivery(task.webhook_url, json.dumps(body).encode(), ref), faults)
+        if task.upload_endpoint and isinstance(slot, dict):
+            self.spawn(self._upload(job, slot, data, sent, faults))
+
+    async def _upload(
+        self, job: RunwareJob, item: dict[str, Any], data: bytes, sent: asyncio.Future[None] | None, faults: Faults
+    ) -> None:
+        # The PUT follows the webhook (or, without one, the answer that carries the result).
+        if sent is not None:
+            await sent
+        else:
+            await job.done.wait()
+            await asyncio.sleep(0.05)
+        if faults.upload_delay_seconds:
+            await asyncio.sleep(faults.upload_delay_seconds)
+        content_type = ImageSpec("", 0, 1, 1, job.task.output_format).content_type
+        assert job.task.upload_endpoint is not None
+        delivery = Delivery(
+            job.task.upload_endpoint,
+            data,
+            {"provider": "runware", "task_uuid": job.task.task_uuid, "image_uuid": item["imageUUID"]},
+            headers=lambda: {"Content-Type": content_type},
+            method="PUT",
+            kind="upload",
+            retries=0,
+        )
+        if self.dice.chance(faults.upload_drop_rate):
+            self.sender.drop(delivery)
+        else:
+            self.sender.send(delivery, faults)
+
+    # -- getResponse --------------------------------------------------------------------------------------------
+
+    def _get_response(self, task: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], list[TaskError]]:
+        task_uuid = task.get("taskUUID")
+        job = self._jobs.get(task_uuid) if isinstance(task_uuid, str) else None
+        if job is not None and job.expires_at is not None and time.monotonic() >= job.expires_at:
+            del self._jobs[job.task.task_uuid]
+            job = None
+        if job is None or job.key != key:
+            msg = f"Task '{task_uuid}' failed or was not found."
+            return [], [task_error("taskFailedOrNotFound", msg, task, "taskUUID", http=404)]
+        data: list[dict[str, Any]] = []
+        errors: list[TaskError] = []
+        for slot in job.slots:
+            if slot is None:
+                data.append({**job.ref, "status": "processing"})
+            elif isinstance(slot, dict):
+                data.append({**slot, "status": "success"})
+            else:
+                # Reporting a failed task is a successful poll.
+                errors.append(TaskError({**slot.body, "status": "error"}, http=200))
+        return data, errors
+
+    def _record(self, task: dict[str, Any], key: str, **outcome: Any) -> None:
+        self.ledger.record_submission(
+            provider="runware",
+            model=task.get("model"),
+            key=key_label(key),
+            input=task,
+            task_uuid=task.get("taskUUID"),
+            webhook_url=task.get("webhookURL"),
+            **outcome,
+        )
+
+
+def _has_poll(tasks: list[Any]) -> bool:
+    return any(isinstance(t, dict) and t.get("taskType") == "getResponse" for t in tasks)
+
+
+def _sync_items(job: RunwareJob) -> tuple[list[dict[str, Any]], list[TaskError]]:
+    data = [slot for slot in job.slots if isinstance(slot, dict)]
+    errors = [slot for slot in job.slots if isinstance(slot, TaskError)]
+    return data, errors
+
+
+def _respond(
+    data: list[dict[str, Any]], errors: list[TaskError], headers: dict[str, str] | None = None
+) -> web.Response:
+    """`{"data": [...], "errors": [...]}`: 200 when anything succeeded, else the errors' own status."""
+    body: dict[str, Any] = {"data": data}
+    if errors:
+        body["errors"] = [e.body for e in errors]
+    status = 200 if data or not errors else max(e.http for e in errors)
+    return web.json_response(body, status=status, headers=headers)
