@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from orchestrator import state
+from orchestrator.db import utcnow
 from orchestrator.models import Job, JobState, ProviderAccount
 from orchestrator.settings import Settings
 
@@ -38,7 +39,7 @@ def account(session: Session, provider: str) -> ProviderAccount:
     table = ProviderAccount.__table__
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     session.execute(insert(table).values(provider=provider, tokens=0.0, consecutive_failures=0,
-                                         refilled_at=sa.func.now()).on_conflict_do_nothing())
+                                         refilled_at=utcnow()).on_conflict_do_nothing())
     return session.execute(
         sa.select(ProviderAccount).where(ProviderAccount.provider == provider)
         .with_for_update().execution_options(populate_existing=True)

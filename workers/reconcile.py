@@ -67,7 +67,7 @@ def _collect(c: Context, session: Session, job: Job, outcome: Outcome, source: s
         cost = Decimal(str(outcome.cost))
     moved = state.transition(session, job.id, JobState.storing, kind="result_received", expect=WAITING,
                              detail={"source": source, "images": have}, cost=cost,
-                             values={"callback_at": sa.func.now()})
+                             values={"callback_at": utcnow()})
     if moved.applied:
         c.publisher.after_commit(session, queue.STORE_JOB, str(job.id))
         kick(c, session, job.provider)

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from orchestrator.cli import admin, run
+from orchestrator.cli import admin, client, demo, run
+from orchestrator.cli.sandbox import sandbox
 
 
 @click.group()
@@ -14,15 +15,11 @@ def main() -> None:
     """Batch image generation on fal and Runware, with webhooks and presigned storage."""
 
 
+demo.register(main)
 admin.register(main)
 run.register(main)
-
-try:  # the sandbox commands ship with the package; guarded only while they are being built
-    from orchestrator.cli.sandbox import sandbox
-
-    main.add_command(sandbox)
-except ImportError:  # pragma: no cover
-    pass
+client.register(main)
+main.add_command(sandbox)
 
 
 if __name__ == "__main__":  # pragma: no cover

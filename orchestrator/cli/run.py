@@ -21,15 +21,21 @@ ALL_QUEUES = "dispatch,webhooks,storage,maintenance"
 @click.option("--pool", type=click.Choice(["threads", "prefork", "solo"]), default="threads", show_default=True,
               help="threads suit the I/O-bound tasks; prefork bounds memory per child")
 @click.option("--name", default="worker", show_default=True)
-def worker(queues: str, concurrency: int | None, pool: str, name: str) -> None:
+@click.option("--beat", "embed_beat", is_flag=True, help="also run the scheduler in this process (single-host use)")
+def worker(queues: str, concurrency: int | None, pool: str, name: str, embed_beat: bool) -> None:
     """Run a Celery worker (scale out by starting more, on any machine)."""
     from workers.celery_app import make_celery
 
     settings = _settings()
     app = make_celery(settings)
-    app.worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency or settings.worker_concurrency}",
-                     f"--pool={pool}", f"--hostname={name}@%h", "--loglevel=INFO", "--without-gossip",
-                     "--without-mingle", "--without-heartbeat"])
+    argv = ["worker", f"--queues={queues}", f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--pool={pool}", f"--hostname={name}@%h", "--loglevel=INFO", "--without-gossip",
+            "--without-mingle", "--without-heartbeat"]
+    if embed_beat:
+        schedule = settings.data_dir.resolve() / "celerybeat-schedule"
+        schedule.parent.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", f"--schedule={schedule}"]
+    app.worker_main(argv)
 
 
 @click.command("beat")

@@ -1,0 +1,167 @@
+"""`orchestrator demo` and `orchestrator up`: the product on the embedded default."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import statistics
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator.cli.client import Api, fetch_manifest, follow, save_results
+from orchestrator.cli.embedded import EmbeddedStack, default_port
+from orchestrator.netutil import free_port
+
+SUBJECTS = ["a lighthouse on a cliff", "a koi pond at dawn", "a neon ramen stall", "a desert caravan",
+            "a glass greenhouse", "a paper lantern festival", "an alpine cabin in snow", "a coral reef",
+            "a brutalist library", "a lavender field", "a rainy Tokyo crossing", "a tiny robot gardener"]
+MODELS = ("fal-ai/flux/schnell", "runware:100@1")
+
+
+def mood_board(prompts: int, seeds: int) -> dict[str, Any]:
+    """A sample ideation batch: prompts x seeds, half on fal, half on Runware."""
+    items = []
+    for p in range(prompts):
+        subject = SUBJECTS[p % len(SUBJECTS)]
+        model = MODELS[0] if p < (prompts + 1) // 2 else MODELS[1]
+        for s in range(seeds):
+            items.append({"custom_id": f"p{p:02d}-s{s}", "model": model, "seed": 1000 + s,
+                          "prompt": f"{subject}, moody editorial photograph", "width": 512, "height": 384})
+    return {"name": "demo mood board", "lane": "interactive", "items": items}
+
+
+def _create_key(data_dir: Path, tenant: str = "demo") -> str:
+    from orchestrator import auth
+    from orchestrator.db import make_engine, make_session_factory, session_scope
+
+    engine = make_engine(f"sqlite:///{(data_dir / 'orchestrator.db').resolve()}")
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            _, token = auth.create_key(session, tenant, role="admin", name="embedded")
+    finally:
+        engine.dispose()
+    return token
+
+
+@click.command("demo")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("orchestrator-demo"), show_default=True,
+              help="where the images, manifest and contact sheet go")
+@click.option("--prompts", type=click.IntRange(1, 200), default=12, show_default=True)
+@click.option("--seeds", type=click.IntRange(1, 20), default=4, show_default=True)
+def demo(out: Path, prompts: int, seeds: int) -> None:
+    """Run a sample mood board end to end on the embedded stack, then print a summary."""
+    data_dir = out / "data"
+    shutil.rmtree(data_dir, ignore_errors=True)  # each demo starts from an empty database
+    stack = EmbeddedStack(data_dir=data_dir, api_port=free_port())
+    click.echo("starting the embedded stack (SQLite, filesystem broker, worker, fal + Runware sandboxes) ...")
+    try:
+        stack.start()
+        stack.wait_ready()
+        api = Api(stack.api_url, _create_key(data_dir))
+        batch = api.json("POST", "/v1/batches", json=mood_board(prompts, seeds))
+        click.echo(f"submitted batch {batch['id']}: {batch['total']} jobs on {', '.join(MODELS)}")
+        final = follow(api, batch["id"], 0.25)
+        manifest = fetch_manifest(api, batch["id"])
+        jobs = _all_jobs(api, batch["id"])
+        save_results(batch["id"], manifest, out, sheet_limit=200, thumb=192)
+    finally:
+        stack.stop()
+    print_summary(final, jobs, manifest)
+    if final["state"] != "succeeded":
+        raise SystemExit(1)
+
+
+def _all_jobs(api: Api, batch_id: str) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = []
+    cursor = ""
+    while True:
+        page = api.json("GET", f"/v1/batches/{batch_id}/jobs?limit=500" + (f"&cursor={cursor}" if cursor else ""))
+        jobs += page["data"]
+        cursor = page.get("next_cursor") or ""
+        if not cursor:
+            return jobs
+
+
+def print_summary(batch: dict[str, Any], jobs: list[dict[str, Any]], manifest: list[dict[str, Any]]) -> None:
+    """Per state, per provider (jobs, images, cost), and p50/p95 seconds per image."""
+    click.echo(f"\nbatch {batch['id']}: {batch['state']}")
+    click.echo(f"{'state':<12}{'jobs':>6}")
+    for state, n in batch["counts"].items():
+        if n:
+            click.echo(f"{state:<12}{n:>6}")
+    images = {line["job_id"]: len(line["images"]) for line in manifest}
+    click.echo(f"\n{'provider':<10}{'jobs':>6}{'images':>8}{'cost $':>10}{'p50 s':>8}{'p95 s':>8}")
+    for provider in sorted({j["provider"] for j in jobs}):
+        mine = [j for j in jobs if j["provider"] == provider]
+        took = sorted(_seconds(j) for j in mine if j["completed_at"])
+        cost = sum(j["cost"] or 0 for j in mine)
+        count = sum(images.get(j["id"], 0) for j in mine)
+        click.echo(f"{provider:<10}{len(mine):>6}{count:>8}{cost:>10.4f}{_pct(took, 50):>8.2f}{_pct(took, 95):>8.2f}")
+
+
+def _seconds(job: dict[str, Any]) -> float:
+    return (datetime.fromisoformat(job["completed_at"]) - datetime.fromisoformat(job["created_at"])).total_seconds()
+
+
+def _pct(values: list[float], pct: int) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+
+
+@click.command("up")
+@click.option("--port", type=int, default=8000, show_default=True, help="API port (next free one if taken)")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="defaults to ORCH_DATA_DIR (.orchestrator)")
+def up(port: int, data_dir: Path | None) -> None:
+    """Run the embedded stack until Ctrl-C: API, worker, scheduler and both sandboxes."""
+    from orchestrator.settings import get_settings
+
+    data_dir = data_dir or get_settings().data_dir
+    stack = EmbeddedStack(data_dir=data_dir, api_port=default_port(port), fal_port=default_port(8101),
+                          runware_port=default_port(8102))
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        stack.start()
+        stack.wait_ready()
+        key = _stored_key(data_dir)
+        assert stack.fal is not None and stack.runware is not None
+        click.echo(f"API            {stack.api_url}  (OpenAPI: {stack.api_url}/v1/openapi.json)")
+        click.echo(f"metrics        {stack.api_url}/metrics")
+        click.echo(f"fal sandbox    {stack.fal.url}")
+        click.echo(f"Runware sandbox {stack.runware.url}/v1")
+        click.echo(f"data           {data_dir.resolve()}")
+        click.echo(f"\nexport ORCH_API_URL={stack.api_url}\nexport ORCH_API_KEY={key}")
+        click.echo("\nready; Ctrl-C stops everything (your data stays in the data directory)")
+        while not stopping.wait(0.5):
+            if stack.worker is not None and stack.worker.poll() is not None:
+                raise click.ClickException(f"the worker exited; see {data_dir / 'worker.log'}")
+    finally:
+        click.echo("stopping ...")
+        stack.stop()
+    click.echo("stopped")
+
+
+def _stored_key(data_dir: Path) -> str:
+    """A development key kept in the data directory, so it survives restarts."""
+    path = data_dir / "api_key"
+    if path.exists():
+        return path.read_text().strip()
+    key = _create_key(data_dir, tenant="default")
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def register(main: click.Group) -> None:
+    """Attach demo and up."""
+    main.add_command(demo)
+    main.add_command(up)
