@@ -138,3 +138,24 @@ def test_timed_out_submit_is_not_resent_and_early_callback_finds_its_job(
     # found the job and attempt, and moved it on from `submitting`.
     assert events["result_received"].from_state == "submitting"
     assert "retry_scheduled" not in events and "stored" in events
+
+
+def test_failing_provider_trips_breaker_and_alias_jobs_fail_over(make_stack: StackFactory,
+                                                                 sessions: sessionmaker[Session]) -> None:
+    stack = make_stack(fal_faults=Faults(submit_500_rate=1.0), env={"ORCH_BREAKER_THRESHOLD": "2"})
+    stack.start_worker("w1")
+    client = stack.client(make_key(sessions, "acme"))
+    items = [{"custom_id": "alias", "model": "flux-schnell", "prompt": "a red fox", "image_size": "square"},
+             {"custom_id": "pinned", "model": "fal-ai/flux/schnell", "prompt": "a red fox"}]
+    batch = client.post("/v1/batches", json={"items": items}).json()
+    done = stack.wait_batch(client, batch["id"], timeout=90)
+    jobs = {j["custom_id"]: j for j in client.get(f"/v1/batches/{batch['id']}/jobs").json()["data"]}
+    moved = client.get(f"/v1/jobs/{jobs['alias']['id']}").json()
+    assert moved["state"] == "succeeded" and moved["provider"] == "runware" and moved["model"] == "runware:100@1"
+    failover = [e for e in moved["events"] if e["kind"] == "failover"]
+    assert failover and failover[0]["detail"] == {"from": "fal-ai/flux/schnell", "to": "runware:100@1",
+                                                  "reason": failover[0]["detail"]["reason"]}
+    assert "breaker open" in failover[0]["detail"]["reason"]
+    # A job pinned to fal cannot move: it retries with backoff and fails after its attempts.
+    assert jobs["pinned"]["state"] == "failed" and "gave up after" in jobs["pinned"]["error_message"]
+    assert done["state"] == "partially_failed"

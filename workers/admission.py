@@ -38,7 +38,8 @@ def account(session: Session, provider: str) -> ProviderAccount:
     """Lock (creating if needed) the provider account row."""
     table = ProviderAccount.__table__
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(insert(table).values(provider=provider, tokens=0.0, consecutive_failures=0,
+    # A new account starts with a full bucket (the claim clamps it to the burst size).
+    session.execute(insert(table).values(provider=provider, tokens=1e9, consecutive_failures=0,
                                          refilled_at=utcnow()).on_conflict_do_nothing())
     return session.execute(
         sa.select(ProviderAccount).where(ProviderAccount.provider == provider)
