@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 import sqlalchemy as sa
 from celery import shared_task
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator import queue, state
+from orchestrator import queue, schedules, state
 from orchestrator.db import utcnow
 from orchestrator.models import Batch, Delivery, Heartbeat, Job, JobState
 from workers.context import Context, ctx
@@ -45,6 +46,7 @@ def run_sweep(c: Context, now: datetime | None = None) -> dict[str, int]:
         "resumed_storing": _resume_storing(c, now - timedelta(seconds=s.storing_stale_seconds)),
         "replayed_deliveries": _replay_deliveries(c, now - timedelta(seconds=30)),
         "notified": _renotify(c),
+        "schedules_fired": _fire_schedules(c, now),
     }
     for provider in PROVIDERS:
         c.publisher.send(queue.DISPATCH, provider)
@@ -57,13 +59,13 @@ def run_sweep(c: Context, now: datetime | None = None) -> dict[str, int]:
 def beat(c: Context, name: str) -> None:
     """Record that a worker consumed from `name` just now (read by /readyz)."""
     with c.session() as session:
-        table = Heartbeat.__table__
+        table = cast(sa.Table, Heartbeat.__table__)
         insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
         stmt = insert(table).values(name=name, seen_at=utcnow())
         session.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"seen_at": stmt.excluded.seen_at}))
 
 
-def _ids(c: Context, query: sa.Select[tuple[uuid.UUID]]) -> list[uuid.UUID]:
+def _ids(c: Context, query: sa.Select[Any]) -> list[uuid.UUID]:
     with c.session() as session:
         return list(session.execute(query.limit(PAGE)).scalars())
 
@@ -130,6 +132,15 @@ def _replay_deliveries(c: Context, before: datetime) -> int:
     for delivery_id in ids:
         c.publisher.send(queue.PROCESS_DELIVERY, str(delivery_id))
     return len(ids)
+
+
+def _fire_schedules(c: Context, now: datetime) -> int:
+    """Create the batches of due schedule slots (idempotent per slot) and nudge dispatch."""
+    with c.session() as session:
+        created = schedules.fire_due(session, now, c.settings.max_items_per_batch)
+        if created:
+            c.publisher.after_commit(session, queue.DISPATCH)
+    return len(created)
 
 
 def _renotify(c: Context) -> int:
