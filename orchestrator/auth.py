@@ -49,4 +49,4 @@ def authenticate(session: Session, token: str) -> ApiKey | None:
 def revoke(session: Session, prefix: str) -> int:
     """Revoke keys by their public prefix; returns how many."""
     result = session.execute(sa.update(ApiKey).where(ApiKey.prefix == prefix).values(revoked=True))
-    return result.rowcount  # type: ignore[attr-defined,no-any-return]
+    return result.rowcount  # type: ignore[attr-defined]

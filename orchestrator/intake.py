@@ -93,7 +93,31 @@ def _validate(data: dict[str, Any]) -> BatchRequest:
     try:
         return BatchRequest.model_validate(data)
     except ValidationError as exc:
-        raise BatchRejected([_problem_from_pydantic(err, data) for err in exc.errors()]) from None
+        problems = [_problem_from_pydantic(err, data) for err in exc.errors()]
+    # Check the structurally sound items against their models too, so one answer lists every problem.
+    problems += _model_problems(data, {p.position for p in problems})
+    raise BatchRejected(sorted(problems, key=lambda p: (p.position is not None, p.position or 0)))
+
+
+def _model_problems(data: dict[str, Any], skip: set[int | None]) -> list[ItemProblem]:
+    items, defaults = data.get("items"), data.get("defaults")
+    if not isinstance(items, list) or None in skip:
+        return []
+    base = {k: v for k, v in defaults.items() if v is not None} if isinstance(defaults, dict) else {}
+    problems: list[ItemProblem] = []
+    for position, raw in enumerate(items):
+        if position in skip or not isinstance(raw, dict):
+            continue
+        merged = {**base, **raw}
+        custom_id = merged.pop("custom_id", None)
+        try:
+            _job(position, str(custom_id), merged)
+        except catalog.CatalogError as err:
+            cid = custom_id if isinstance(custom_id, str) else None
+            problems.extend(ItemProblem(position, cid, f, m) for f, m in err.problems)
+        except (TypeError, ValueError, AttributeError):
+            continue  # malformed beyond what the structural errors already say
+    return problems
 
 
 def _problem_from_pydantic(err: Mapping[str, Any], data: Mapping[str, Any]) -> ItemProblem:

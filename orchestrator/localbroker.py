@@ -23,14 +23,15 @@ from kombu.utils.json import dumps, loads
 class Channel(filesystem.Channel):
     """Atomic put and claim."""
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    # Kombu's own filesystem.Channel renames AbstractChannel._put's `message`, so no name satisfies both.
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         temp = os.path.join(self.data_folder_out, f".{name}.tmp")
         with open(temp, "wb") as handle:
             handle.write(str_to_bytes(dumps(payload)))
         os.replace(temp, os.path.join(self.data_folder_out, name))
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: str, timeout: Any = None) -> Any:
         suffix = f".{queue}.msg"
         for name in sorted(os.listdir(self.data_folder_in)):
             if name.startswith(".") or not name.endswith(suffix) or name.partition(".")[2] != f"{queue}.msg":

@@ -8,6 +8,7 @@ and are incremented by workers in the transaction that records what they count.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -28,7 +29,7 @@ def incr(session: Session, name: str, amount: int = 1, **labels: object) -> None
     """Add to a counter in the caller's transaction."""
     text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(Counter.__table__).values(name=name, labels=text, value=amount)
+    stmt = insert(cast(sa.Table, Counter.__table__)).values(name=name, labels=text, value=amount)
     session.execute(stmt.on_conflict_do_update(index_elements=["name", "labels"],
                                                set_={"value": Counter.__table__.c.value + amount}))
 
@@ -60,7 +61,7 @@ def render(session: Session, settings: Settings) -> str:
 
 def _gauge(lines: list[str], name: str, help_: str, rows: Iterable[tuple[object, int]], label: str,
            always: Iterable[str] = ()) -> None:
-    values = {getattr(k, "value", k): n for k, n in rows}
+    values = {cast(str, getattr(k, "value", k)): n for k, n in rows}
     lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
     for key in sorted(set(always) | set(values)):
         lines.append(f'{name}{{{label}="{key}"}} {values.get(key, 0)}')
@@ -77,6 +78,7 @@ def _counters(lines: list[str], session: Session) -> None:
 def _latency(lines: list[str], session: Session) -> None:
     """Callback received -> all images stored, per succeeded job, as a cumulative histogram."""
     name = "orchestrator_callback_to_stored_seconds"
+    secs: sa.ColumnElement[Any]
     if session.get_bind().dialect.name == "postgresql":
         secs = sa.extract("epoch", Job.completed_at - Job.callback_at)
     else:

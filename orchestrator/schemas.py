@@ -169,7 +169,7 @@ def openapi_document() -> dict[str, Any]:
     """A minimal OpenAPI 3.1 document built from the pydantic models."""
     from pydantic.json_schema import models_json_schema
 
-    models = [BatchRequest, BatchOut, JobOut, Page, Problem]
+    models: list[type[BaseModel]] = [BatchRequest, BatchOut, JobOut, Page, Problem]
     _, schema = models_json_schema([(m, "validation") for m in models],
                                    ref_template="#/components/schemas/{model}")
     components = schema.get("$defs", {})
@@ -180,6 +180,7 @@ def openapi_document() -> dict[str, Any]:
     def resp(name: str, desc: str = "OK") -> dict[str, Any]:
         return {"description": desc, "content": {"application/json": {"schema": ref(name)}}}
 
+    ok = {"200": {"description": "OK"}}
     problem = {"description": "Problem", "content": {"application/problem+json": {"schema": ref("Problem")}}}
     paths = {
         "/v1/batches": {
@@ -195,7 +196,19 @@ def openapi_document() -> dict[str, Any]:
         "/v1/batches/{id}/jobs": {"get": {"summary": "Jobs of a batch", "responses": {"200": resp("Page")}}},
         "/v1/batches/{id}/cancel": {"post": {"summary": "Cancel a batch", "responses": {"200": resp("BatchOut")}}},
         "/v1/jobs/{id}": {"get": {"summary": "One job", "responses": {"200": resp("JobOut"), "404": problem}}},
-        "/v1/models": {"get": {"summary": "The model catalog", "responses": {"200": {"description": "OK"}}}},
+        "/v1/batches/{id}/results": {"get": {"summary": "JSONL manifest with presigned links", "responses": {
+            "200": {"description": "one JSON object per line", "content": {"application/x-ndjson": {}}}}}},
+        "/v1/batches/{id}/retry": {"post": {"summary": "Re-queue failed jobs", "responses": {"200": resp("BatchOut")}}},
+        "/v1/schedules": {"post": {"summary": "Create a schedule", "responses": {"201": {"description": "Created"},
+                                                                                "422": problem}},
+                          "get": {"summary": "List schedules", "responses": {"200": resp("Page")}}},
+        "/v1/schedules/{id}": {"get": {"summary": "One schedule", "responses": ok},
+                               "patch": {"summary": "Change a schedule", "responses": ok},
+                               "delete": {"summary": "Delete a schedule", "responses": {"204": {"description": "Gone"}}}},
+        "/v1/schedules/{id}/run": {"post": {"summary": "Run now", "responses": {"201": resp("BatchOut")}}},
+        "/v1/callback-secret": {"get": {"summary": "Standard Webhooks secret", "responses": ok}},
+        "/v1/models": {"get": {"summary": "The model catalog", "responses": ok}},
+        "/v1/openapi.json": {"get": {"summary": "This document", "responses": ok}},
     }
     return {
         "openapi": "3.1.0",

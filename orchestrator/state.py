@@ -168,7 +168,7 @@ def _finish_if_done(session: Session, batch: Batch, now: datetime) -> BatchState
 
 def finished_batches(session: Session) -> set[uuid.UUID]:
     """Batches that took their final state in this session's transaction (and forget them)."""
-    return session.info.pop("finished_batches", set())  # type: ignore[no-any-return]
+    return session.info.pop("finished_batches", set())
 
 
 def final_state(succeeded: int, failed: int, cancelled: int) -> BatchState:

@@ -42,7 +42,7 @@ def test_token_bucket_limits_the_rate(session: Session) -> None:
 
 
 def test_interactive_lane_goes_first(session: Session) -> None:
-    bulk, bulk_jobs = make_batch(session, [Q] * 3)
+    _bulk, bulk_jobs = make_batch(session, [Q] * 3)
     for job in bulk_jobs:
         job.lane = "bulk"
     _, interactive_jobs = make_batch(session, [Q] * 2)

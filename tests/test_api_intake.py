@@ -93,8 +93,11 @@ def test_invalid_items_listed_by_position_and_nothing_written(
                       {"custom_id": "n", "model": "fal-ai/flux/dev"}]}
     resp = post(client, headers, body)
     assert resp.status_code == 422 and resp.mimetype == "application/problem+json"
-    problems = {(e["position"], e["custom_id"], e["field"]) for e in resp.json["errors"]}
-    assert problems == {(4, "t", "colour"), (5, "n", "prompt")}  # structural errors come first
+    by_field = {(e["position"], e["custom_id"], e["field"]): e["message"] for e in resp.json["errors"]}
+    # One answer lists every problem: structural ones and those against each item's model.
+    assert set(by_field) == {(1, "w", "width"), (2, "s", "steps"), (3, "m", "model"), (4, "t", "colour"),
+                             (5, "n", "prompt")}
+    assert [e["position"] for e in resp.json["errors"]] == [1, 2, 3, 4, 5]
     assert count_rows(session) == (0, 0)
     del body["items"][4:]
     resp = post(client, headers, body)

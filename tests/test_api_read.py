@@ -68,6 +68,9 @@ def test_models_and_openapi(client: FlaskClient) -> None:
     spec = client.get("/v1/openapi.json").json
     assert spec["openapi"].startswith("3.1") and "BatchRequest" in spec["components"]["schemas"]
     assert "items" in spec["components"]["schemas"]["BatchRequest"]["properties"]
+    routes = {str(r.rule).replace("<batch_id>", "{id}").replace("<schedule_id>", "{id}").replace("<job_id>", "{id}")
+              for r in client.application.url_map.iter_rules() if str(r.rule).startswith("/v1/")}
+    assert routes == set(spec["paths"]), "every /v1 route is documented"
 
 
 def test_health_and_readiness_needs_a_consuming_worker(client: FlaskClient, sessions) -> None:  # type: ignore[no-untyped-def]

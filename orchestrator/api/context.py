@@ -40,14 +40,14 @@ def make_storage(settings: Settings) -> Storage:
 
 def services() -> Services:
     """The current app's services."""
-    return current_app.extensions["orchestrator"]  # type: ignore[no-any-return]
+    return current_app.extensions["orchestrator"]
 
 
 def db() -> Session:
     """The request's session, opened on first use and closed at teardown."""
     if "db" not in g:
         g.db = services().sessions()
-    return g.db  # type: ignore[no-any-return]
+    return g.db
 
 
 def close_db(_exc: BaseException | None = None) -> None:

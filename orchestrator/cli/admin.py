@@ -81,7 +81,7 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
 
     _settings()
 
-    class App(BaseApplication):  # type: ignore[misc]
+    class App(BaseApplication):
         def load_config(self) -> None:
             for key, value in {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
                                "worker_class": "gthread", "accesslog": None, "timeout": 60}.items():

@@ -57,14 +57,20 @@ class EmbeddedStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request on the console
         faults = Faults(latency_min=self.latency[0], latency_max=self.latency[1])
-        quick = {"webhook_backoff": 0.5, "webhook_backoff_max": 10.0, "seed": None, "faults": faults}
-        self.fal = FalSandbox(FalConfig(port=self.fal_port, concurrency=16, keys=(FAL_DEV_KEY,), **quick))
+        # Quick webhook retries and nondeterministic faults for both sandboxes.
+        self.fal = FalSandbox(FalConfig(port=self.fal_port, concurrency=16, keys=(FAL_DEV_KEY,), webhook_backoff=0.5,
+                                        webhook_backoff_max=10.0, seed=None, faults=faults))
         self.fal.start()
-        self.runware = RunwareSandbox(RunwareConfig(port=self.runware_port, keys=(RUNWARE_DEV_KEY,), **quick))
+        self.runware = RunwareSandbox(RunwareConfig(port=self.runware_port, keys=(RUNWARE_DEV_KEY,),
+                                                    webhook_backoff=0.5, webhook_backoff_max=10.0, seed=None,
+                                                    faults=faults))
         self.runware.start()
         self.env = self._environment()
-        settings = Settings(**{k.removeprefix("ORCH_").lower(): v for k, v in self.env.items()
-                               if k.startswith("ORCH_")})
+        # Settings(**...) rather than model_validate(): the latter skips the environment in some
+        # pydantic-settings versions, and FAL_KEY / RUNWARE_API_KEY still come from os.environ.
+        overrides: dict[str, Any] = {k.removeprefix("ORCH_").lower(): v for k, v in self.env.items()
+                                     if k.startswith("ORCH_")}
+        settings = Settings(**overrides)
         upgrade(settings.resolved_database_url)
         self._server = make_server("127.0.0.1", self.api_port, create_app(settings), threaded=True)
         threading.Thread(target=self._server.serve_forever, name="api", daemon=True).start()

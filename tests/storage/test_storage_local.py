@@ -109,7 +109,7 @@ def test_head_of_missing_object_is_none(server: Server) -> None:
 def test_missing_object_is_404(server: Server, client: httpx.Client) -> None:
     resp = client.get(server.storage.presign_get("acme/b1/9-nope/0.png", 60))
     assert_problem(resp, 404)
-    assert resp.json()["type"] == "/problems/storage-not-found"
+    assert resp.json()["type"] == "https://orchestrator.dev/problems/storage-not-found"
 
 
 def test_expired_urls_are_rejected(server: Server, client: httpx.Client) -> None:
@@ -151,7 +151,7 @@ def test_tampered_put_urls_are_rejected(server: Server, client: httpx.Client, fi
     url = _tamper(server.storage.presign_put(key, "image/png", 60), field)
     resp = client.put(url, content=b"evil", headers={"Content-Type": "image/png"})
     assert_problem(resp, 403)
-    assert resp.json()["type"] == "/problems/storage-forbidden"
+    assert resp.json()["type"] == "https://orchestrator.dev/problems/storage-forbidden"
     assert server.storage.head(key) is None
     assert server.storage.head(key.replace("/0.png", "/1.png")) is None
 
