@@ -57,8 +57,15 @@ class Publisher:
 
     def __init__(self, settings: Settings):
         self._app = Celery("orchestrator-publisher", set_as_current=False)
-        self._app.conf.update(broker_options(settings), task_serializer="json", accept_content=["json"],
-                              broker_connection_retry=False, broker_connection_max_retries=0)
+        options = broker_options(settings)
+        if "visibility_timeout" in options["broker_transport_options"]:
+            # A nudge is best effort: with Redis down, fail at once instead of holding the
+            # request for seconds of reconnect attempts (the sweep recovers the work).
+            options["broker_transport_options"] = {**options["broker_transport_options"], "max_retries": 0,
+                                                   "socket_connect_timeout": 1}
+        self._app.conf.update(options, task_serializer="json", accept_content=["json"],
+                              broker_connection_retry=False, broker_connection_max_retries=0,
+                              broker_connection_timeout=1)
 
     def send(self, name: str, *args: Any, countdown: float | None = None) -> bool:
         """Publish one message now; False (logged) if the broker is unreachable."""
