@@ -7,6 +7,7 @@ One database per test run, created from scratch and migrated with `alembic upgra
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,12 @@ from orchestrator.db import Base, make_engine, make_session_factory, session_sco
 from orchestrator.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("ORCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+_REDIS_BASE = re.sub(r"/\d+$", "", os.environ.get("ORCH_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/"))
+# Each test run takes a Redis database of its own, so two runs on one machine never consume
+# each other's task messages (workers would look the ids up in the wrong database).
+REDIS_DB = 2 + os.getpid() % 13
+REDIS_URL = f"{_REDIS_BASE}/{REDIS_DB}"
+SPARE_REDIS_URL = f"{_REDIS_BASE}/{15 if REDIS_DB != 15 else 1}"
 
 
 @pytest.fixture(scope="session")

@@ -168,18 +168,19 @@ def start_stack(pg_url: str, redis_url: str, tmp: Path, *, fal_faults: Faults | 
 class CallbackReceiver:
     """A real HTTP endpoint on loopback that records what clients' callback URLs receive."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, first: tuple[int, ...] = ()) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.calls: list[tuple[dict[str, str], bytes]] = []
         self.status = status
+        self.first = list(first)  # statuses for the first calls, then `status`
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(outer.status)
+                self.send_response(outer.first.pop(0) if outer.first else outer.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -159,3 +159,28 @@ def test_failing_provider_trips_breaker_and_alias_jobs_fail_over(make_stack: Sta
     # A job pinned to fal cannot move: it retries with backoff and fails after its attempts.
     assert jobs["pinned"]["state"] == "failed" and "gave up after" in jobs["pinned"]["error_message"]
     assert done["state"] == "partially_failed"
+
+
+def test_cancel_reaches_fal_and_late_results_are_ignored(make_stack: StackFactory,
+                                                         sessions: sessionmaker[Session]) -> None:
+    stack = make_stack(fal_faults=Faults(latency_min=4.0, latency_max=5.0), fal_concurrency=1)
+    stack.start_worker("w1")
+    client = stack.client(make_key(sessions, "acme"))
+    batch = client.post("/v1/batches", json={"items": _items(4)}).json()
+    stack.wait_batch(client, batch["id"], timeout=30, until=lambda b: b["counts"]["submitted"] == 4)
+    cancelled = client.post(f"/v1/batches/{batch['id']}/cancel").json()
+    assert cancelled["cancelled_jobs"] == 4 and cancelled["state"] == "cancelled"
+    jobs = client.get(f"/v1/batches/{batch['id']}/jobs").json()["data"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = [e for j in jobs for e in client.get(f"/v1/jobs/{j['id']}").json()["events"]]
+        if sum(e["kind"] == "late_result_ignored" for e in events) == 4:
+            break
+        time.sleep(0.3)
+    assert sum(e["kind"] == "provider_cancel" and e["detail"]["accepted"] for e in events) == 4
+    # fal's answers for the cancelled requests were recorded on each job and changed nothing.
+    assert sum(e["kind"] == "late_result_ignored" for e in events) == 4
+    assert {client.get(f"/v1/jobs/{j['id']}").json()["state"] for j in jobs} == {"cancelled"}
+    assert not any(d.get("kind") == "upload" for d in stack.fal.ledger.deliveries)
+    states = {stack.fal.request_state(j["provider_request_id"]) for j in jobs}
+    assert states == {"COMPLETED"}  # queued ones were dropped, the running one was stopped

@@ -207,3 +207,22 @@ def test_client_callback_is_signed_and_sent_once(make_stack: StackFactory, sessi
             Webhook(secret).verify(raw.replace(b"partially_failed", b"succeeded"), headers)
     finally:
         receiver.close()
+
+
+def test_client_callback_is_retried_until_accepted(make_stack: StackFactory, sessions: sessionmaker[Session]) -> None:
+    receiver = CallbackReceiver(first=(500, 503))
+    try:
+        stack = make_stack()
+        stack.start_worker("w1")
+        client = stack.client(make_key(sessions, "acme"))
+        batch = client.post("/v1/batches", json={"callback_url": receiver.url, "items": _mixed(1)[:1]}).json()
+        assert stack.wait_batch(client, batch["id"])["state"] == "succeeded", stack.logs()
+        deadline = time.monotonic() + 30
+        while len(receiver.calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert len(receiver.calls) == 3  # two refusals, then delivered once; never again after that
+        ids = {headers["webhook-id"] for headers, _ in receiver.calls}
+        assert len(ids) == 1  # the same event id on every retry, so the client can de-duplicate
+    finally:
+        receiver.close()

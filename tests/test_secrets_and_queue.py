@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator import auth, log, queue
 from orchestrator.redact import redact_url
 from orchestrator.settings import Settings
-from tests.conftest import REDIS_URL
+from tests.conftest import SPARE_REDIS_URL
 
 FAL_SECRET = "f4l-key-id:very-secret-part-123"
 URL = "https://bucket.s3.amazonaws.com/a/b.jpg?X-Amz-Credential=AKIA123&X-Amz-Signature=deadbeefcafe&X-Amz-Expires=900"
@@ -53,7 +53,7 @@ def test_api_never_returns_the_key_or_secrets(client: FlaskClient, headers: dict
 
 def test_messages_are_sent_only_after_commit(settings: Settings, sessions: sessionmaker[Session]) -> None:
     # A Redis database of its own: no worker of another test may consume the message first.
-    settings.broker_url = REDIS_URL.rsplit("/", 1)[0] + "/11"
+    settings.broker_url = SPARE_REDIS_URL
     broker = redis.Redis.from_url(settings.broker_url)
     broker.delete("dispatch")
     publisher = queue.Publisher(settings)
