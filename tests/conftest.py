@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
@@ -22,6 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator import auth
 from orchestrator.db import Base, make_engine, make_session_factory, session_scope
 from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.stack import Stack
 
 PG_ADMIN_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 _REDIS_BASE = re.sub(r"/\d+$", "", os.environ.get("ORCH_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/"))
@@ -114,3 +118,23 @@ def make_key(sessions: sessionmaker[Session], tenant: str, role: str = "client")
 def headers(sessions: sessionmaker[Session]) -> dict[str, str]:
     """Authorization headers for tenant 'acme'."""
     return {"Authorization": f"Bearer {make_key(sessions, 'acme')}"}
+
+
+StackFactory = Callable[..., "Stack"]
+
+
+@pytest.fixture
+def make_stack(pg_url: str, tmp_path: Path, sessions: sessionmaker[Session]) -> Iterator[StackFactory]:
+    """Start whole systems (sandboxes + API; the test starts workers), all stopped afterwards."""
+    from tests.stack import start_stack
+
+    started: list[Stack] = []
+
+    def factory(**kw: Any) -> Stack:
+        stack = start_stack(pg_url, REDIS_URL, tmp_path, **kw)
+        started.append(stack)
+        return stack
+
+    yield factory
+    for stack in started:
+        stack.stop()

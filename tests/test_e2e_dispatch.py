@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,25 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.models import JobEvent
 from orchestrator.sandbox.faults import Faults
-from tests.conftest import REDIS_URL, make_key
-from tests.stack import Stack, start_stack
+from tests.conftest import StackFactory, make_key
 
 pytestmark = pytest.mark.slow
-StackFactory = Callable[..., Stack]
-
-
-@pytest.fixture
-def make_stack(pg_url: str, tmp_path: Path, sessions: sessionmaker[Session]) -> Iterator[StackFactory]:
-    started: list[Stack] = []
-
-    def factory(**kw: Any) -> Stack:
-        stack = start_stack(pg_url, REDIS_URL, tmp_path, **kw)
-        started.append(stack)
-        return stack
-
-    yield factory
-    for stack in started:
-        stack.stop()
 
 
 def _items(n: int, model: str = "fal-ai/flux/schnell", **extra: Any) -> list[dict[str, Any]]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,25 +15,10 @@ from standardwebhooks import Webhook
 
 from orchestrator.models import Asset, Delivery, JobEvent
 from orchestrator.sandbox.faults import Faults
-from tests.conftest import REDIS_URL, make_key
-from tests.stack import CallbackReceiver, Stack, start_stack
+from tests.conftest import StackFactory, make_key
+from tests.stack import CallbackReceiver
 
 pytestmark = pytest.mark.slow
-StackFactory = Callable[..., Stack]
-
-
-@pytest.fixture
-def make_stack(pg_url: str, tmp_path: Path, sessions: sessionmaker[Session]) -> Iterator[StackFactory]:
-    started: list[Stack] = []
-
-    def factory(**kw: Any) -> Stack:
-        stack = start_stack(pg_url, REDIS_URL, tmp_path, **kw)
-        started.append(stack)
-        return stack
-
-    yield factory
-    for stack in started:
-        stack.stop()
 
 
 def _mixed(n: int) -> list[dict[str, Any]]:
