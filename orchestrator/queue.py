@@ -42,6 +42,8 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         opts["broker_transport"] = "orchestrator.localbroker:Transport"
         opts["broker_transport_options"] = {"data_folder_in": str(folder), "data_folder_out": str(folder),
+                                            # kombu's default is ./control in the current directory
+                                            "control_folder": str(folder / "control"),
                                             # Local files are cheap to poll; the default 1 s adds a
                                             # second to every hop of the pipeline.
                                             "polling_interval": 0.05}

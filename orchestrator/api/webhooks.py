@@ -125,9 +125,14 @@ def _store(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, atte
 def _reject(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, attempt: int | None, status: int,
             reason: str) -> tuple[Response, int]:
     session = db()
+    # Callbacks with no valid job and token are unauthenticated: keep a digest and a short
+    # prefix for the audit, not whatever body a stranger chose to send.
+    authenticated = status == 401 and reason.startswith(("bad signature", "signed for"))
+    body = raw[:65536] if authenticated else raw[:1024]
+    headers = {**headers, "x-body-sha256": hashlib.sha256(raw).hexdigest(), "x-body-bytes": str(len(raw))}
     try:
         session.add(Delivery(provider=provider, job_id=job_id, attempt=attempt, verified=False, rejection=reason[:200],
-                             headers=headers, body=raw[:65536]))
+                             headers=headers, body=body))
         session.commit()
     except SQLAlchemyError:
         session.rollback()

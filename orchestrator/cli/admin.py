@@ -84,7 +84,9 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
     class App(BaseApplication):
         def load_config(self) -> None:
             for key, value in {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
-                               "worker_class": "gthread", "accesslog": None, "timeout": 60}.items():
+                               "worker_class": "gthread", "accesslog": None, "timeout": 60,
+                               # one shared ~/.gunicorn socket would clash between API processes on a host
+                               "control_socket_disable": True}.items():
                 self.cfg.set(key, value)
 
         def load(self) -> object:
