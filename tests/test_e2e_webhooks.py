@@ -104,9 +104,15 @@ def test_tampered_body_wrong_token_and_unknown_job(make_stack: StackFactory, ses
     assert same.status_code == 200 and same.json()["status"] == "duplicate"  # a genuine retry: recorded once
     assert httpx.post(f"{job_url}?token=wrong", content=fal.body, headers=headers).status_code == 401
     unknown = f"{stack.api_url}/webhooks/runware/00000000-0000-4000-8000-000000000000/1?token=x"
-    assert httpx.post(unknown, content=b"{}").status_code == 404
+    assert httpx.post(unknown, content=b"x" * 100_000).status_code == 404
     with sessions() as s:
-        assert s.scalar(sa.select(sa.func.count()).select_from(Delivery).where(Delivery.verified.is_(False))) == 3
+        rejected = s.scalars(sa.select(Delivery).where(Delivery.verified.is_(False))).all()
+        assert len(rejected) == 3
+        stranger = next(d for d in rejected if d.rejection == "no such job")
+        # An unauthenticated body is kept as a digest and a prefix only.
+        assert len(stranger.body) == 1024 and stranger.headers["x-body-bytes"] == "100000"
+        tampered_row = next(d for d in rejected if (d.rejection or "").startswith("bad signature"))
+        assert tampered_row.body == tampered
 
 
 def test_late_failure_after_success_changes_nothing(make_stack: StackFactory, sessions: sessionmaker[Session]) -> None:
