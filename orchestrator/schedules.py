@@ -60,7 +60,7 @@ class ScheduleIn(BaseModel):
 def next_slot(cron: str, timezone: str, after: datetime) -> datetime:
     """The first slot strictly after `after`, computed in the schedule's zone (DST-aware), in UTC."""
     local = after.astimezone(ZoneInfo(timezone))
-    return croniter(cron, local).get_next(datetime).astimezone(UTC)  # type: ignore[no-any-return]
+    return croniter(cron, local).get_next(datetime).astimezone(UTC)
 
 
 def check_template(template: dict[str, Any], max_items: int) -> None:

@@ -12,6 +12,7 @@ import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -36,7 +37,7 @@ class Claim:
 
 def account(session: Session, provider: str) -> ProviderAccount:
     """Lock (creating if needed) the provider account row."""
-    table = ProviderAccount.__table__
+    table = cast(sa.Table, ProviderAccount.__table__)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     # A new account starts with a full bucket (the claim clamps it to the burst size).
     session.execute(insert(table).values(provider=provider, tokens=1e9, consecutive_failures=0,

@@ -24,7 +24,7 @@ class CallbackFailed(Exception):
 
 
 @shared_task(name=queue.NOTIFY_BATCH, bind=True, max_retries=8, **TASK_OPTS)
-def notify_batch(self, batch_id: str) -> str:  # type: ignore[no-untyped-def]
+def notify_batch(self, batch_id: str) -> str:
     """Send the event; retry with backoff; the sweep tries again later if all retries fail."""
     try:
         return notify(ctx(), uuid.UUID(batch_id))

@@ -20,7 +20,7 @@ from orchestrator.callbacks import callback_url
 from orchestrator.db import utcnow
 from orchestrator.log import bound
 from orchestrator.models import Job, JobState
-from orchestrator.providers.base import SubmitRequest, Submitted
+from orchestrator.providers.base import Lane, SubmitRequest, Submitted
 from orchestrator.providers.errors import PermanentProviderError, ProviderError, RateLimited
 from workers import admission
 from workers.context import Context, ctx
@@ -81,7 +81,7 @@ def build_request(c: Context, job: Job) -> SubmitRequest:
     """The provider request for a job's current attempt."""
     spec = catalog.MODELS[job.model]
     url = callback_url(c.settings.public_url, job.provider, job.id, job.attempt, job.callback_token or "")
-    lane = "bulk" if job.lane == "bulk" else "interactive"
+    lane: Lane = "bulk" if job.lane == "bulk" else "interactive"
     return SubmitRequest(model=job.model, payload=catalog.to_native(spec, job.params), webhook_url=url,
                          lane=lane, task_id=job.task_id or str(uuid.uuid4()))
 
@@ -112,7 +112,7 @@ def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submit
 def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderError) -> str:
     """Decide what a failed submit means: wait, retry later, fail over, or fail the job."""
     now = utcnow()
-    detail = {"error": str(exc), "status_code": exc.status_code, "code": exc.code}
+    detail: dict[str, object] = {"error": str(exc), "status_code": exc.status_code, "code": exc.code}
     with c.session() as session:
         job = session.get(Job, job_id)
         assert job is not None

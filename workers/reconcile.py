@@ -97,7 +97,7 @@ def _cost(session: Session, job_id: uuid.UUID) -> Decimal | None:
 
 def _failed(c: Context, session: Session, job: Job, error: ProviderError | None, source: str) -> str:
     error = error or TransientProviderError(job.provider, "the provider reported a failure without details")
-    detail = {"source": source, "error": str(error), "code": error.code}
+    detail: dict[str, object] = {"source": source, "error": str(error), "code": error.code}
     if isinstance(error, NotFound) and job.state is JobState.submitted:
         # The provider had the request and no longer has its result: resubmitting would pay
         # again, so the job fails cleanly and a user's retry decides.

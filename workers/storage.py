@@ -61,7 +61,7 @@ class JobInfo:
 
 
 @shared_task(name=queue.STORE_JOB, bind=True, max_retries=6, **TASK_OPTS)
-def store_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
+def store_job(self, job_id: str) -> str:
     """Store a job's images; transient failures retry with backoff, then the sweep resumes."""
     try:
         return store(ctx(), uuid.UUID(job_id))
