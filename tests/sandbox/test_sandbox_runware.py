@@ -112,7 +112,7 @@ def test_sync_output_types_formats_safety_and_cost(runware: RunwareSandbox) -> N
 
 
 def test_async_ack_and_cumulative_get_response(runware: RunwareSandbox) -> None:
-    runware.set_faults(latency_min=0.05, latency_max=0.3)
+    runware.set_faults(latency_min=1.0, latency_max=1.5)  # long enough to see "processing" on a busy machine
     submitted = task(deliveryMethod="async", numberResults=4)
     ack = post(runware, [submitted]).json()
     assert ack == {"data": [{"taskType": "imageInference", "taskUUID": submitted["taskUUID"]}]}
