@@ -114,6 +114,33 @@ def transition(
     return Transition(True, current, final)
 
 
+def claim(session: Session, job_ids: list[uuid.UUID], now: datetime, provider: str) -> list[tuple[uuid.UUID, int]]:
+    """Move row-locked queued jobs to submitting in one statement; returns (job id, new attempt).
+
+    The bulk form of queued -> submitting, so a claimer holds its account lock briefly: one
+    UPDATE, one batch of timeline rows, one counter update per batch.
+    """
+    if not job_ids:
+        return []
+    rows = session.execute(
+        sa.update(Job).where(Job.id.in_(job_ids), Job.state == Q)
+        .values(state=SI, attempt=Job.attempt + 1, updated_at=now, submit_started_at=None, task_id=None,
+                provider_request_id=None, provider_meta={}, submitted_at=None)
+        .returning(Job.id, Job.attempt, Job.batch_id).execution_options(synchronize_session=False)
+    ).all()
+    if not rows:
+        return []
+    session.execute(sa.insert(JobEvent), [
+        {"job_id": r.id, "kind": "claimed", "attempt": r.attempt, "from_state": Q.value, "to_state": SI.value,
+         "detail": {"provider": provider}, "created_at": now} for r in rows])
+    per_batch: dict[uuid.UUID, int] = {}
+    for r in rows:
+        per_batch[r.batch_id] = per_batch.get(r.batch_id, 0) + 1
+    for batch_id, n in sorted(per_batch.items()):  # a stable order: no lock cycles between claimers
+        shift_counts(session, batch_id, {Q: -n, SI: n}, now=now)
+    return [(r.id, r.attempt) for r in rows]
+
+
 def record(session: Session, job_id: uuid.UUID, kind: str, attempt: int = 0, **detail: Any) -> None:
     """Append a timeline event that does not change state (poll, duplicate webhook, ...)."""
     session.add(JobEvent(job_id=job_id, kind=kind, attempt=attempt, detail=detail))

@@ -96,3 +96,19 @@ def test_concurrent_claimers_share_one_limit(sessions: sessionmaker[Session]) ->
     for t in threads:
         t.join()
     assert sum(claimed) == 5
+
+
+def test_a_claimer_does_not_queue_behind_a_busy_account(sessions: sessionmaker[Session]) -> None:
+    with session_scope(sessions) as s:
+        make_batch(s, [Q] * 3)
+    holder = sessions()
+    try:
+        assert admission.account(holder, "fal") is not None  # another worker is mid-claim
+        with session_scope(sessions) as s:
+            busy = admission.claim(s, _settings(), "fal", utcnow())
+        assert busy.jobs == [] and busy.retry_in == admission.BUSY_RETRY  # come back soon, don't wait
+    finally:
+        holder.rollback()
+        holder.close()
+    with session_scope(sessions) as s:
+        assert len(admission.claim(s, _settings(), "fal", utcnow()).jobs) == 3

@@ -25,6 +25,7 @@ from orchestrator.models import Job, JobState, ProviderAccount
 from orchestrator.settings import Settings
 
 IN_FLIGHT = (JobState.submitting, JobState.submitted)
+BUSY_RETRY = 0.2
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class Claim:
     retry_in: float | None = None
 
 
-def account(session: Session, provider: str) -> ProviderAccount:
-    """Lock (creating if needed) the provider account row."""
+def account(session: Session, provider: str, *, skip_locked: bool = False) -> ProviderAccount | None:
+    """Lock (creating if needed) the provider account row; None if skip_locked and it is busy."""
     table = cast(sa.Table, ProviderAccount.__table__)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     # A new account starts with a full bucket (the claim clamps it to the burst size).
@@ -44,8 +45,15 @@ def account(session: Session, provider: str) -> ProviderAccount:
                                          refilled_at=utcnow()).on_conflict_do_nothing())
     return session.execute(
         sa.select(ProviderAccount).where(ProviderAccount.provider == provider)
-        .with_for_update().execution_options(populate_existing=True)
-    ).scalar_one()
+        .with_for_update(skip_locked=skip_locked).execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+
+
+def locked_account(session: Session, provider: str) -> ProviderAccount:
+    """The provider account row, waiting for its lock."""
+    acct = account(session, provider)
+    assert acct is not None
+    return acct
 
 
 def in_flight(session: Session, provider: str) -> int:
@@ -56,7 +64,12 @@ def in_flight(session: Session, provider: str) -> int:
 
 def claim(session: Session, settings: Settings, provider: str, now: datetime, max_claim: int = 32) -> Claim:
     """Claim up to the free slots and available tokens of due jobs, interactive lane first."""
-    acct = account(session, provider)
+    acct = account(session, provider, skip_locked=True)
+    if acct is None:
+        # Another worker is claiming for this account right now. Waiting behind its lock would
+        # only pile up nudges (each holding a thread and a connection); come back shortly in
+        # case it counted its slots before ours was freed.
+        return Claim([], BUSY_RETRY)
     for until in (acct.blocked_until, acct.breaker_open_until):
         if until is not None and _aware(until) > now:
             return Claim([], (_aware(until) - now).total_seconds())
@@ -75,16 +88,7 @@ def claim(session: Session, settings: Settings, provider: str, now: datetime, ma
         .order_by(sa.case((Job.lane == "interactive", 0), else_=1), Job.next_attempt_at, Job.position)
         .limit(n).with_for_update(skip_locked=True)
     ).scalars().all()
-    claimed = []
-    for job_id in due:
-        attempt = session.scalar(sa.select(Job.attempt).where(Job.id == job_id)) or 0
-        moved = state.transition(
-            session, job_id, JobState.submitting, kind="claimed", expect=[JobState.queued],
-            values={"attempt": attempt + 1, "task_id": str(uuid.uuid4()), "submit_started_at": None,
-                    "provider_request_id": None, "provider_meta": {}, "submitted_at": None},
-            detail={"provider": provider})
-        if moved.applied:
-            claimed.append((job_id, attempt + 1))
+    claimed = state.claim(session, list(due), now, provider)
     acct.tokens = tokens - len(claimed)
     if len(due) < n:
         return Claim(claimed)  # nothing more is due right now
@@ -97,7 +101,7 @@ def claim(session: Session, settings: Settings, provider: str, now: datetime, ma
 
 def block(session: Session, provider: str, seconds: float, now: datetime) -> None:
     """Stop every worker from sending to this account for `seconds` (429 Retry-After)."""
-    acct = account(session, provider)
+    acct = locked_account(session, provider)
     until = now + timedelta(seconds=seconds)
     if acct.blocked_until is None or _aware(acct.blocked_until) < until:
         acct.blocked_until = until
@@ -105,7 +109,7 @@ def block(session: Session, provider: str, seconds: float, now: datetime) -> Non
 
 def record_failure(session: Session, settings: Settings, provider: str, now: datetime) -> bool:
     """Count a provider-side failure; returns True when this opens (or keeps open) the breaker."""
-    acct = account(session, provider)
+    acct = locked_account(session, provider)
     acct.consecutive_failures += 1
     if acct.consecutive_failures >= settings.breaker_threshold:
         acct.breaker_open_until = now + timedelta(seconds=settings.breaker_cooldown_seconds)

@@ -67,14 +67,26 @@ def submit(c: Context, job_id: uuid.UUID, attempt: int) -> str:
             # A redelivered message: the first run may have reached the provider.
             state.record(session, job_id, "submit_skipped", attempt, reason="intent already recorded")
             return "duplicate"
+        # The intent and the attempt's Runware taskUUID are committed before the call, so the
+        # sweep can later ask Runware about this exact attempt.
         job.submit_started_at = utcnow()
+        job.task_id = str(uuid.uuid4())
         request, provider = build_request(c, job), job.provider
     with bound(job_id=job_id, attempt=attempt):
         try:
             answer = c.adapter(provider).submit(request)
         except ProviderError as exc:
+            count_call(c, provider, type(exc).__name__, exc.status_code or exc.code or "none")
             return submit_failed(c, job_id, attempt, exc)
+        count_call(c, provider, "accepted", 200)
         return submit_succeeded(c, job_id, attempt, answer)
+
+
+def count_call(c: Context, provider: str, outcome: str, code: object) -> None:
+    """Count a submit for /metrics in a transaction of its own (one hot row, held for a moment)."""
+    with c.session() as session:
+        metrics.incr(session, "orchestrator_provider_requests_total", provider=provider, call="submit",
+                     outcome=outcome, code=code)
 
 
 def build_request(c: Context, job: Job) -> SubmitRequest:
@@ -93,8 +105,6 @@ def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submit
         job = session.get(Job, job_id)
         assert job is not None
         admission.record_success(session, job.provider)
-        metrics.incr(session, "orchestrator_provider_requests_total", provider=job.provider, call="submit",
-                     outcome="accepted", code=200)
         values = {"provider_request_id": answer.request_id, "provider_meta": answer.meta, "submitted_at": now}
         moved = state.transition(session, job_id, JobState.submitted, kind="submitted", expect=[JobState.submitting],
                                  values=values, detail={"request_id": answer.request_id, "provider": job.provider})
@@ -116,8 +126,6 @@ def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderErro
     with c.session() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        metrics.incr(session, "orchestrator_provider_requests_total", provider=job.provider, call="submit",
-                     outcome=type(exc).__name__, code=exc.status_code or exc.code or "none")
         if isinstance(exc, RateLimited):
             wait = exc.retry_after if exc.retry_after is not None else 5.0
             admission.block(session, job.provider, wait, now)
