@@ -1,0 +1,408 @@
+"""Shared plumbing for the system benchmarks: scratch database, processes, CPU accounting, tables.
+
+Every process of the orchestrator (API under gunicorn, Celery workers) runs as a subprocess in
+its own session, so its CPU time can be read from /proc for the whole process group; the
+sandboxes and the load generators stay in the benchmark process and are never counted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+import sqlalchemy as sa
+
+from orchestrator import auth
+from orchestrator.db import make_engine, make_session_factory, session_scope
+from orchestrator.migrate import upgrade
+from orchestrator.models import Asset, Delivery, Job
+from orchestrator.netutil import free_port
+from orchestrator.sandbox.config import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalConfig
+from orchestrator.sandbox.fal import FalSandbox
+from orchestrator.sandbox.faults import Faults
+
+ADMIN_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+# The benchmarks flush their Redis database. The tests flush db 9 (ORCH_TEST_REDIS_URL) whenever a
+# stack starts, so by default a benchmark uses its own database and can run next to the tests.
+REDIS_URL = os.environ.get("ORCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+FINAL_BATCH_STATES = ("succeeded", "partially_failed", "failed", "cancelled")
+_JOB_IN_URL = re.compile(r"/webhooks/\w+/([0-9a-f-]{36})/(\d+)")
+_TASK_DONE = re.compile(r"Task workers\.([\w.]+)\[[^\]]+\] succeeded in ([0-9.e-]+)s")
+
+
+# --- database and broker -------------------------------------------------------------------
+
+@contextmanager
+def scratch_database(admin_url: str = ADMIN_URL) -> Iterator[str]:
+    """A fresh database migrated to head; dropped afterwards even if the benchmark fails."""
+    name = f"orch_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def flush_redis(url: str) -> None:
+    """Empty the benchmark's Redis database (queued nudges of an earlier run)."""
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
+def create_api_key(db_url: str, tenant: str = "bench") -> str:
+    """A client API key for `tenant`; returns the bearer token."""
+    engine = make_engine(db_url)
+    with session_scope(make_session_factory(engine)) as session:
+        _, token = auth.create_key(session, tenant)
+    engine.dispose()
+    return token
+
+
+# --- processes -----------------------------------------------------------------------------
+
+@dataclass
+class Proc:
+    """One orchestrator process (and its children), started in its own process group."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of every live process in the group, plus reaped children."""
+        return group_cpu_seconds(self.popen.pid)
+
+    def stop(self) -> None:
+        """SIGTERM the group, SIGKILL it if it lingers."""
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+            if self.popen.poll() is not None:
+                return
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.popen.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+
+    def tail(self, chars: int = 4000) -> str:
+        """The end of the log, headed by the process name and whether it is still running."""
+        text = self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+        status = "running" if self.popen.poll() is None else f"exited {self.popen.returncode}"
+        return f"--- {self.name} ({status})\n{text}"
+
+    def task_seconds(self) -> dict[str, list[float]]:
+        """Run time of every task the log reports (Celery logs each at INFO), by task name."""
+        out: dict[str, list[float]] = {}
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        for match in _TASK_DONE.finditer(text):
+            out.setdefault(match.group(1), []).append(float(match.group(2)))
+        return out
+
+    def log_problems(self) -> list[str]:
+        """Lines of the log that report an error or a traceback."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return [line for line in text.splitlines() if re.search(r"\b(ERROR|CRITICAL|Traceback)\b", line)]
+
+
+def spawn(name: str, args: Sequence[str], env: dict[str, str], tmp: Path) -> Proc:
+    """Start a process in a new session with its output in `tmp/<name>.log`."""
+    log = tmp / f"{name}.log"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(list(args), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    return Proc(name, popen, log)
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (utime + stime + cutime + cstime) of every process in group `pgid`."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        fields = raw[raw.rindex(")") + 2:].split()  # fields[k] is stat field k + 3 (1-based)
+        if int(fields[2]) == pgid:
+            ticks += sum(int(v) for v in fields[11:15])
+    return ticks / CLK_TCK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / CLK_TCK, sum(fields) / CLK_TCK
+
+
+def busy_percent(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """Share of all cores' time spent busy between two machine_cpu() readings."""
+    return 100 * (after[0] - before[0]) / max(1e-9, after[1] - before[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None) -> None:
+    """Poll `check` until true; fail with the process log if it never is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.popen.poll() is not None:
+            break
+        time.sleep(0.1)
+    tail = proc.log.read_text(errors="replace")[-3000:] if proc is not None and proc.log.exists() else ""
+    raise SystemExit(f"timed out waiting for {what}\n{tail}")
+
+
+def http_ok(url: str) -> bool:
+    """True if GET `url` answers 2xx."""
+    try:
+        return httpx.get(url, timeout=2).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def orchestrator_env(db_url: str, redis_url: str, tmp: Path, api_url: str, extra: dict[str, str]) -> dict[str, str]:
+    """Environment for API and worker processes: this process's, minus ORCH_*, plus the bench's."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    return {
+        **base, "ORCH_DATABASE_URL": db_url, "ORCH_BROKER_URL": redis_url, "ORCH_DATA_DIR": str(tmp / "data"),
+        "ORCH_STORAGE_URL": (tmp / "storage").as_uri(), "ORCH_PUBLIC_URL": api_url, "ORCH_API_URL": api_url,
+        "ORCH_SECRET_KEY": "bench-secret-key-0123456789", "FAL_KEY": FAL_DEV_KEY, "RUNWARE_API_KEY": RUNWARE_DEV_KEY,
+        **extra,
+    }
+
+
+def start_api(env: dict[str, str], port: int, tmp: Path, workers: int, threads: int) -> Proc:
+    """`orchestrator api` (gunicorn, gthread) on `port`; returns once /healthz answers."""
+    proc = spawn("api", [sys.executable, "-m", "orchestrator.cli", "api", f"--port={port}",
+                         f"--workers={workers}", f"--threads={threads}"], env, tmp)
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 60, "the API", proc)
+    return proc
+
+
+def start_worker(env: dict[str, str], name: str, concurrency: int, tmp: Path) -> Proc:
+    """`orchestrator worker`; returns once Celery reports it is ready."""
+    proc = spawn(name, [sys.executable, "-m", "orchestrator.cli", "worker", f"--name={name}",
+                        f"--concurrency={concurrency}"], env, tmp)
+    wait_until(lambda: b" ready." in proc.log.read_bytes(), 60, f"worker {name}", proc)
+    return proc
+
+
+# --- a batch through the whole system ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Topology:
+    """How many orchestrator processes, and how wide."""
+
+    limit: int  # ORCH_FAL_MAX_IN_FLIGHT
+    workers: int = 1
+    worker_concurrency: int = 16
+    api_workers: int = 2
+    api_threads: int = 8
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """One batch from POST to final state."""
+
+    started: float  # Unix time of the POST
+    wall: float  # seconds from the POST to the final state
+    batch: dict[str, Any]  # the final batch as the API shows it
+    cpu: dict[str, float]  # CPU seconds per process over the run
+    machine_busy: float  # % of all cores busy over the run (anything on the machine)
+    problems: list[str]  # error lines in the processes' logs
+    task_seconds: dict[str, list[float]]  # worker task run times by task name
+
+
+@contextmanager
+def fal_sandbox(latency: tuple[float, float], concurrency: int) -> Iterator[FalSandbox]:
+    """A fresh fal sandbox in this process; quick webhook retries."""
+    faults = Faults(latency_min=latency[0], latency_max=latency[1])
+    sandbox = FalSandbox(FalConfig(faults=faults, concurrency=concurrency, seed=7, webhook_backoff=0.5,
+                                   webhook_backoff_max=2.0))
+    sandbox.start()
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+
+
+def fal_env(sandbox: FalSandbox, limit: int) -> dict[str, str]:
+    """Provider settings: the sandbox, the in-flight limit, a request rate that never binds."""
+    return {"ORCH_FAL_QUEUE_URL": sandbox.url, "ORCH_FAL_JWKS_URL": sandbox.jwks_url,
+            "ORCH_FAL_MAX_IN_FLIGHT": str(limit), "ORCH_FAL_RATE_PER_SECOND": "1000",
+            "ORCH_DOWNLOAD_ALLOWED_HOSTS": sandbox.url.split("//", 1)[1]}
+
+
+def run_batch(db_url: str, redis_url: str, tmp: Path, sandbox: FalSandbox, items: list[dict[str, Any]],
+              topo: Topology, timeout: float) -> BatchRun:
+    """Start API and workers, POST `items` as one batch, wait for it to be final, stop everything."""
+    flush_redis(redis_url)
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}"
+    env = orchestrator_env(db_url, redis_url, tmp, api_url, fal_env(sandbox, topo.limit))
+    procs = [start_api(env, port, tmp, topo.api_workers, topo.api_threads)]
+    try:
+        procs += [start_worker(env, f"worker{i + 1}", topo.worker_concurrency, tmp) for i in range(topo.workers)]
+        token = create_api_key(db_url)
+        cpu0, machine0 = {p.name: p.cpu_seconds() for p in procs}, machine_cpu()
+        try:
+            started, wall, batch = submit_and_wait(api_url, token, items, timeout)
+        except SystemExit as exc:  # say why before the logs go away with the temporary directory
+            raise SystemExit(f"{exc}\n" + "\n".join(p.tail() for p in procs)) from None
+        cpu = {p.name: p.cpu_seconds() - cpu0[p.name] for p in procs}
+        busy = busy_percent(machine0, machine_cpu())
+    finally:
+        for proc in procs:
+            proc.stop()
+    problems = [f"{p.name}: {line}" for p in procs for line in p.log_problems()]
+    tasks: dict[str, list[float]] = {}
+    for proc in procs[1:]:
+        for name, values in proc.task_seconds().items():
+            tasks.setdefault(name, []).extend(values)
+    return BatchRun(started, wall, batch, cpu, busy, problems, tasks)
+
+
+def submit_and_wait(api_url: str, token: str, items: list[dict[str, Any]],
+                    timeout: float) -> tuple[float, float, dict[str, Any]]:
+    """POST the batch, poll until it is final; returns (Unix start time, seconds, final batch)."""
+    batch: dict[str, Any] = {}
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+        epoch, start = time.time(), time.perf_counter()
+        resp = client.post("/v1/batches", json={"name": "bench", "items": items})
+        if resp.status_code != 201:
+            raise SystemExit(f"POST /v1/batches answered {resp.status_code}: {resp.text[:500]}")
+        batch_id = resp.json()["id"]
+        while time.perf_counter() < start + timeout:
+            batch = client.get(f"/v1/batches/{batch_id}").json()
+            if batch["state"] in FINAL_BATCH_STATES:
+                return epoch, time.perf_counter() - start, batch
+            time.sleep(0.2)
+    raise SystemExit(f"batch not final after {timeout:.0f}s: {batch}")
+
+
+# --- job timelines -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Timeline:
+    """Wall-clock instants (Unix seconds) in one job's life; None where it never got there."""
+
+    submitted: float | None  # the provider accepted the request (sandbox ledger)
+    completed: float | None  # the provider finished and started its first webhook (sandbox ledger)
+    received: float | None  # our receiver stored the delivery (deliveries.received_at)
+    processed: float | None  # a worker reconciled the delivery (deliveries.processed_at)
+    stored: float | None  # the last image was stored (assets.stored_at)
+
+
+def job_of(url: str | None) -> str | None:
+    """The job id named by a callback URL."""
+    match = _JOB_IN_URL.search(url or "")
+    return match.group(1) if match else None
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def accepted(ledger: Any) -> list[dict[str, Any]]:
+    """Submissions the sandbox accepted."""
+    return [s for s in ledger.submissions if s.get("outcome") == "accepted"]
+
+
+def timelines(db_url: str, ledger: Any) -> dict[str, Timeline]:
+    """Per job: the sandbox's view (submit, completion) joined with the database's."""
+    submitted = {job_of(s.get("webhook_url")): s["time"] for s in accepted(ledger)}
+    completed: dict[str | None, float] = {}
+    for d in ledger.webhooks():
+        if d.get("attempt") == 1 and not d.get("copy"):
+            completed[job_of(d["url"])] = d["time"] - (d.get("duration") or 0.0)
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        received = dict(conn.execute(sa.select(Delivery.job_id, sa.func.min(Delivery.received_at))
+                                     .where(Delivery.verified).group_by(Delivery.job_id)).all())
+        processed = dict(conn.execute(sa.select(Delivery.job_id, sa.func.min(Delivery.processed_at))
+                                      .where(Delivery.verified).group_by(Delivery.job_id)).all())
+        stored = dict(conn.execute(sa.select(Asset.job_id, sa.func.max(Asset.stored_at)).group_by(Asset.job_id)).all())
+        jobs = conn.execute(sa.select(Job.id)).scalars().all()
+    engine.dispose()
+    return {str(j): Timeline(submitted.get(str(j)), completed.get(str(j)), _ts(received.get(j)),
+                             _ts(processed.get(j)), _ts(stored.get(j))) for j in jobs}
+
+
+def spans(lines: dict[str, Timeline], start: str, end: str) -> list[float]:
+    """Seconds from `start` to `end` for every job that has both."""
+    out = []
+    for t in lines.values():
+        a, b = getattr(t, start), getattr(t, end)
+        if a is not None and b is not None:
+            out.append(b - a)
+    return out
+
+
+# --- reporting -----------------------------------------------------------------------------
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain right-aligned table (first column left-aligned)."""
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))))
+    for row in cells:
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
+    return str(value)
+
+
+def print_task_table(run: BatchRun, threads: int) -> None:
+    """Worker task run times (lock waits included) and the share of worker threads each kept busy."""
+    rows = []
+    for name, values in sorted(run.task_seconds.items()):
+        ms = [v * 1000 for v in values]
+        rows.append([name, len(ms), percentile(ms, 50), percentile(ms, 99), sum(values),
+                     100 * sum(values) / (threads * run.wall)])
+    print(f"\nWorker tasks ({threads} worker threads in all; run times include waiting for row locks)")
+    print_table(["task", "runs", "p50 ms", "p99 ms", "thread-s", "% of threads"], rows)
+
+
+def note(message: str) -> None:
+    """Progress on stderr, so stdout holds only the results."""
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,220 @@
+"""Dispatch benchmark: N jobs through the orchestrator vs the official fal-client in a thread pool.
+
+    python bench/dispatch.py [--jobs 400] [--latency 1,3] [--limit 16] [--workers 1]
+
+Both methods run the same N `fal-ai/flux/schnell` requests against a fresh fal sandbox (in this
+process) whose generation latency is uniform in --latency seconds, with at most --limit requests
+in flight. The ideal completion time is N x mean latency / limit; slot utilisation is ideal / wall.
+
+- orchestrator: POST /v1/batches to `orchestrator api` (gunicorn) with ORCH_FAL_MAX_IN_FLIGHT=limit,
+  `orchestrator worker` process(es) submit with webhooks, reconcile every callback, and download,
+  verify and store every image; wall time runs from the POST to the batch's final state.
+- fal-client: a plain script (a child process) with `fal_client.SyncClient` and a
+  ThreadPoolExecutor(limit): each thread submits and waits with `handle.get()` (polling every
+  0.1 s) and fetches the result, but does not download, verify or store images, and survives no
+  crash: a lower bound, not an equal.
+
+CPU seconds are those of the orchestrator's processes (API + workers) or of the baseline script,
+counted from just before the first request to the end (start-up excluded); the sandbox's CPU is
+never counted. The orchestrator's per-job timeline shows where the slot time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import _common as common
+
+from orchestrator.sandbox.config import FAL_DEV_KEY
+
+MODEL = "fal-ai/flux/schnell"
+# The same request both ways: fal's native fields for fal-client, the orchestrator's common ones.
+ARGUMENTS: dict[str, Any] = {"image_size": "square", "num_inference_steps": 4, "output_format": "jpeg"}
+ITEM_FIELDS: dict[str, Any] = {"image_size": "square", "steps": 4, "output_format": "jpeg"}
+
+
+@dataclass(frozen=True)
+class Options:
+    """The command line."""
+
+    jobs: int
+    latency: tuple[float, float]
+    limit: int
+    workers: int
+    worker_concurrency: int
+    fal_concurrency: int
+    api_workers: int
+    api_threads: int
+    redis_url: str
+
+    @property
+    def ideal(self) -> float:
+        """Seconds the jobs take with every slot busy all the time."""
+        return self.jobs * (sum(self.latency) / 2) / self.limit
+
+
+@dataclass(frozen=True)
+class Run:
+    """One method's measurements."""
+
+    method: str
+    jobs_ok: int
+    wall: float
+    cpu: float
+    peak_inflight: int
+    submissions: int  # requests the sandbox accepted (one per job unless something resent)
+    machine_busy: float  # % of all cores busy on the machine over the run
+    sandbox_busy: float | None = None  # mean requests running at the sandbox over the run
+
+
+def prompt(i: int) -> str:
+    """The i-th prompt (distinct per job)."""
+    return f"a lighthouse at dusk, study {i}"
+
+
+# --- the baseline: the official client, in a child process ---------------------------------
+
+def baseline_child(url: str, jobs: int, threads: int) -> None:
+    """Run the plain fal-client script and print {"wall", "cpu", "ok"} as JSON (child process)."""
+    import fal_client
+    import fal_client.client
+
+    fal_client.client.QUEUE_URL_FORMAT = url.rstrip("/") + "/"  # see providers/fal.md (f)
+    client = fal_client.SyncClient(key=FAL_DEV_KEY)
+
+    def one(i: int) -> bool:
+        handle = client.submit(MODEL, {**ARGUMENTS, "prompt": prompt(i)})
+        result = handle.get()
+        return bool(result.get("images"))
+
+    cpu0, start = time.process_time(), time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        ok = sum(pool.map(one, range(jobs)))
+    print(json.dumps({"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu0, "ok": ok}))
+
+
+def run_baseline(opts: Options) -> Run:
+    """The baseline script against its own sandbox."""
+    with common.fal_sandbox(opts.latency, max(opts.fal_concurrency, opts.limit)) as sandbox:
+        common.note(f"fal-client: {opts.jobs} jobs, {opts.limit} threads")
+        machine0 = common.machine_cpu()  # includes the child's start-up (imports), well under a second
+        out = subprocess.run([sys.executable, __file__, "--baseline-child", sandbox.url, str(opts.jobs),
+                              str(opts.limit)], capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise SystemExit(f"baseline failed:\n{out.stderr[-3000:]}")
+        busy = common.busy_percent(machine0, common.machine_cpu())
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        return Run("fal-client threads", result["ok"], result["wall"], result["cpu"], sandbox.ledger.peak_inflight(),
+                   len(common.accepted(sandbox.ledger)), busy)
+
+
+# --- the orchestrator ----------------------------------------------------------------------
+
+def run_orchestrator(opts: Options, db_url: str, tmp: Path) -> tuple[Run, common.BatchRun, dict[str, common.Timeline]]:
+    """The orchestrator against its own sandbox; returns the row, the raw run and per-job timelines."""
+    items = [{"custom_id": f"j{i}", "model": MODEL, "prompt": prompt(i), **ITEM_FIELDS} for i in range(opts.jobs)]
+    topo = common.Topology(opts.limit, opts.workers, opts.worker_concurrency, opts.api_workers, opts.api_threads)
+    with common.fal_sandbox(opts.latency, max(opts.fal_concurrency, opts.limit)) as sandbox:
+        common.note(f"orchestrator: {opts.jobs} jobs, limit {opts.limit}, {opts.workers} worker(s)")
+        result = common.run_batch(db_url, opts.redis_url, tmp, sandbox, items, topo, timeout=opts.ideal * 5 + 120)
+        lines = common.timelines(db_url, sandbox.ledger)
+        busy = sum(common.spans(lines, "submitted", "completed")) / result.wall
+        run = Run("orchestrator", result.batch["counts"]["succeeded"], result.wall, sum(result.cpu.values()),
+                  sandbox.ledger.peak_inflight(), len(common.accepted(sandbox.ledger)), result.machine_busy, busy)
+    return run, result, lines
+
+
+# --- reporting -----------------------------------------------------------------------------
+
+def print_results(opts: Options, runs: list[Run]) -> None:
+    """The comparison table and the ratio."""
+    lo, hi = opts.latency
+    print(f"\n{opts.jobs} jobs of {MODEL}, latency uniform {lo:g}-{hi:g} s (mean {(lo + hi) / 2:g}), "
+          f"in-flight limit {opts.limit}; ideal = jobs x mean latency / limit = {opts.ideal:.1f} s")
+    headers = ["method", "jobs ok", "submits", "wall s", "ideal s", "utilisation %", "CPU s/1k jobs",
+               "peak in-flight", "mean busy slots", "machine CPU %"]
+    rows = [[r.method, f"{r.jobs_ok}/{opts.jobs}", r.submissions, r.wall, opts.ideal, 100 * opts.ideal / r.wall,
+             1000 * r.cpu / opts.jobs, r.peak_inflight, r.sandbox_busy if r.sandbox_busy is not None else "-",
+             r.machine_busy]
+            for r in runs]
+    common.print_table(headers, rows)
+    by = {r.method: r for r in runs}
+    orch, base = by["orchestrator"], by["fal-client threads"]
+    print(f"\norchestrator / fal-client: wall {orch.wall / base.wall:.2f}x, CPU {orch.cpu / base.cpu:.2f}x")
+    print("The fal-client baseline neither verifies nor stores images and keeps no state (a lower bound);\n"
+          "the orchestrator downloads, verifies and stores every image and records every transition.")
+
+
+def print_timeline(result: common.BatchRun, lines: dict[str, common.Timeline]) -> None:
+    """Where a slot's time goes in the orchestrator, per job (p50 / p99 / mean, seconds)."""
+    print("\nOrchestrator per-job timeline (seconds)")
+    steps = [("provider running (submit -> completed)", "submitted", "completed"),
+             ("webhook to receiver (completed -> received)", "completed", "received"),
+             ("reconcile (received -> processed)", "received", "processed"),
+             ("slot held after completion (completed -> processed)", "completed", "processed"),
+             ("store (processed -> stored)", "processed", "stored")]
+    rows = []
+    for label, start, end in steps:
+        values = common.spans(lines, start, end)
+        rows.append([label, len(values), common.percentile(values, 50), common.percentile(values, 99),
+                     statistics.fmean(values) if values else float("nan")])
+    common.print_table(["step", "jobs", "p50", "p99", "mean"], rows)
+    submits = [t.submitted for t in lines.values() if t.submitted is not None]
+    completions = [t.completed for t in lines.values() if t.completed is not None]
+    stores = [t.stored for t in lines.values() if t.stored is not None]
+    if submits and completions and stores:
+        print(f"POST -> first submit {min(submits) - result.started:.2f} s; POST -> last submit "
+              f"{max(submits) - result.started:.1f} s; last completion -> last store "
+              f"{max(stores) - max(completions):.2f} s")
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    """Options from the command line."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=400, help="jobs per method (default 400)")
+    parser.add_argument("--latency", default="1,3", help="sandbox latency range in seconds, MIN,MAX (default 1,3)")
+    parser.add_argument("--limit", type=int, default=16, help="in-flight limit (default 16)")
+    parser.add_argument("--workers", type=int, default=1, help="orchestrator worker processes (default 1)")
+    parser.add_argument("--worker-concurrency", type=int, default=16, help="threads per worker (default 16)")
+    parser.add_argument("--fal-concurrency", type=int, default=64,
+                        help="sandbox concurrency; above the limit so the peak shows whether the limit held")
+    parser.add_argument("--api-workers", type=int, default=2, help="gunicorn workers of the API (default 2)")
+    parser.add_argument("--api-threads", type=int, default=8, help="threads per API worker (default 8)")
+    parser.add_argument("--redis-url", default=common.REDIS_URL, help="Redis database to use (flushed!)")
+    args = parser.parse_args(argv)
+    lo, hi = (float(v) for v in args.latency.split(","))
+    return Options(args.jobs, (lo, hi), args.limit, args.workers, args.worker_concurrency, args.fal_concurrency,
+                   args.api_workers, args.api_threads, args.redis_url)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--baseline-child"]:
+        baseline_child(argv[1], int(argv[2]), int(argv[3]))
+        return
+    opts = parse_args(argv)
+    baseline = run_baseline(opts)
+    with common.scratch_database() as db_url, tempfile.TemporaryDirectory() as tmp:
+        orch, result, lines = run_orchestrator(opts, db_url, Path(tmp))
+    print_results(opts, [orch, baseline])
+    print("orchestrator CPU s by process: " + ", ".join(f"{k} {v:.1f}" for k, v in result.cpu.items()))
+    print_timeline(result, lines)
+    common.print_task_table(result, opts.workers * opts.worker_concurrency)
+    if result.problems:
+        print(f"\n{len(result.problems)} error line(s) in the orchestrator's logs, first ones:")
+        print("\n".join(result.problems[:10]))
+
+
+if __name__ == "__main__":
+    main()
