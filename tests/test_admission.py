@@ -101,6 +101,7 @@ def test_concurrent_claimers_share_one_limit(sessions: sessionmaker[Session]) ->
 def test_a_claimer_does_not_queue_behind_a_busy_account(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as s:
         make_batch(s, [Q] * 3)
+        admission.account(s, "fal")  # the account row exists, as it does after the first claim
     holder = sessions()
     try:
         assert admission.account(holder, "fal") is not None  # another worker is mid-claim
