@@ -23,20 +23,19 @@ import cProfile
 import io
 import json
 import logging
-import os
 import pstats
 import statistics
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import _common as common  # bench/ is on sys.path when run as `python bench/intake.py`
 import httpx
 import sqlalchemy as sa
 from psycopg.types.json import Jsonb
@@ -48,12 +47,10 @@ from werkzeug.serving import make_server
 from orchestrator import auth, batches, intake
 from orchestrator.api import create_app
 from orchestrator.db import make_engine, make_session_factory, new_id, session_scope, utcnow
-from orchestrator.migrate import upgrade
 from orchestrator.models import Batch, BatchState, Job
 from orchestrator.netutil import free_port
 from orchestrator.settings import Settings
 
-ADMIN_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 BROKER_URL = "redis://127.0.0.1:6379/9"
 TENANT = "bench"
 # Column order for the raw methods: every key batches.job_rows produces, then the columns the
@@ -65,23 +62,6 @@ Row = tuple[Any, ...]
 
 
 # --- the database --------------------------------------------------------------------------
-
-@contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    """A fresh database migrated to head; dropped afterwards even if the benchmark fails."""
-    name = f"orch_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-        upgrade(url)
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
 
 def empty_tables(engine: Engine) -> None:
     """Start each measurement from empty tables (keys stay), then let autovacuum catch up."""
@@ -285,7 +265,7 @@ def run(items: int, repeat: int, profile: bool) -> None:
     check_columns()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
     body = make_body(items)
-    with scratch_database(ADMIN_URL) as url, tempfile.TemporaryDirectory() as tmp:
+    with common.scratch_database() as url, tempfile.TemporaryDirectory() as tmp:
         settings = bench_settings(url, Path(tmp), items, len(body))
         # Plan once outside any timing: the baselines insert exactly the rows the API would.
         plan = intake.plan(intake.parse_json(body, settings.max_items_per_batch), settings.max_items_per_batch)

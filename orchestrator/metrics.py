@@ -11,11 +11,11 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from orchestrator.db import upsert_insert
 from orchestrator.models import Batch, Counter, Job, JobState
+from orchestrator.providers.registry import PROVIDERS
 from orchestrator.settings import Settings
 
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300)
@@ -28,8 +28,7 @@ HELP = {
 def incr(session: Session, name: str, amount: int = 1, **labels: object) -> None:
     """Add to a counter in the caller's transaction."""
     text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(cast(sa.Table, Counter.__table__)).values(name=name, labels=text, value=amount)
+    stmt = upsert_insert(session, cast(sa.Table, Counter.__table__)).values(name=name, labels=text, value=amount)
     session.execute(stmt.on_conflict_do_update(index_elements=["name", "labels"],
                                                set_={"value": Counter.__table__.c.value + amount}))
 
@@ -50,7 +49,7 @@ def render(session: Session, settings: Settings) -> str:
     lines += ["# HELP orchestrator_in_flight Requests at the provider", "# TYPE orchestrator_in_flight gauge",
               "# HELP orchestrator_in_flight_limit Configured in-flight cap",
               "# TYPE orchestrator_in_flight_limit gauge"]
-    for provider in ("fal", "runware"):
+    for provider in PROVIDERS:
         limit, _ = settings.provider_limits(provider)
         lines.append(f'orchestrator_in_flight{{provider="{provider}"}} {flying.get(provider, 0)}')
         lines.append(f'orchestrator_in_flight_limit{{provider="{provider}"}} {limit}')

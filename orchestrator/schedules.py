@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
 from orchestrator import batches, intake
-from orchestrator.db import utcnow
+from orchestrator.db import as_utc, utcnow
 from orchestrator.errors import BatchRejected, Conflict, ItemProblem, NotFound
 from orchestrator.models import Batch, Schedule
 from orchestrator.state import FINAL_BATCH
@@ -137,7 +137,7 @@ def fire_due(session: Session, now: datetime, max_items: int) -> list[uuid.UUID]
 
 
 def _fire_one(session: Session, schedule: Schedule, now: datetime, max_items: int) -> uuid.UUID | None:
-    slot = _aware(schedule.next_run_at or now)
+    slot = as_utc(schedule.next_run_at or now)
     following = next_slot(schedule.cron, schedule.timezone, now)
     if now - slot > timedelta(seconds=schedule.catchup_window_seconds):
         schedule.next_run_at = following  # too late: skip the missed slots
@@ -162,10 +162,6 @@ def _previous_running(session: Session, schedule: Schedule) -> bool:
         return False
     state = session.scalar(sa.select(Batch.state).where(Batch.id == schedule.last_batch_id))
     return state is not None and state not in FINAL_BATCH
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def schedule_json(schedule: Schedule) -> dict[str, Any]:

@@ -7,8 +7,10 @@ local storage in a data directory, so the product runs with no server installed.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +63,15 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
     store_concurrency: int = Field(default=4, ge=1)
     worker_concurrency: int = Field(default=4, ge=1)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """The settings a child process started with `env` will read (its ORCH_* entries win)."""
+        # Keyword arguments rather than model_validate(): some pydantic-settings versions skip the
+        # environment there, and FAL_KEY / RUNWARE_API_KEY still come from os.environ.
+        overrides: dict[str, Any] = {k.removeprefix("ORCH_").lower(): v for k, v in env.items()
+                                     if k.startswith("ORCH_")}
+        return cls(**overrides)
 
     @property
     def resolved_database_url(self) -> str:

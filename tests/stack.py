@@ -49,8 +49,7 @@ class Stack:
 
     def settings(self) -> Settings:
         """Settings equivalent to the worker processes' environment."""
-        return Settings(**{k.removeprefix("ORCH_").lower(): v for k, v in self.env.items()
-                           if k.startswith("ORCH_")})
+        return Settings.from_env(self.env)
 
     def submissions(self, provider: str, outcome: str = "accepted") -> list[dict[str, Any]]:
         """What a sandbox received, filtered by outcome."""
@@ -156,8 +155,7 @@ def start_stack(pg_url: str, redis_url: str, tmp: Path, *, fal_faults: Faults | 
     stack = Stack(fal, runware, api_url, full_env, tmp)
     from orchestrator.api import create_app
 
-    api_settings = Settings(**{k.removeprefix("ORCH_").lower(): v for k, v in {**full_env, **(api_env or {})}.items()
-                               if k.startswith("ORCH_")})
+    api_settings = Settings.from_env({**full_env, **(api_env or {})})
     app = create_app(api_settings)
     server = make_server("127.0.0.1", port, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -15,12 +15,10 @@ from datetime import datetime, timedelta
 from typing import cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from orchestrator import state
-from orchestrator.db import utcnow
+from orchestrator.db import as_utc, upsert_insert, utcnow
 from orchestrator.models import Job, JobState, ProviderAccount
 from orchestrator.settings import Settings
 
@@ -39,9 +37,8 @@ class Claim:
 def account(session: Session, provider: str, *, skip_locked: bool = False) -> ProviderAccount | None:
     """Lock (creating if needed) the provider account row; None if skip_locked and it is busy."""
     table = cast(sa.Table, ProviderAccount.__table__)
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     # A new account starts with a full bucket (the claim clamps it to the burst size).
-    session.execute(insert(table).values(provider=provider, tokens=1e9, consecutive_failures=0,
+    session.execute(upsert_insert(session, table).values(provider=provider, tokens=1e9, consecutive_failures=0,
                                          refilled_at=utcnow()).on_conflict_do_nothing())
     return session.execute(
         sa.select(ProviderAccount).where(ProviderAccount.provider == provider)
@@ -71,11 +68,11 @@ def claim(session: Session, settings: Settings, provider: str, now: datetime, ma
         # case it counted its slots before ours was freed.
         return Claim([], BUSY_RETRY)
     for until in (acct.blocked_until, acct.breaker_open_until):
-        if until is not None and _aware(until) > now:
-            return Claim([], (_aware(until) - now).total_seconds())
+        if until is not None and as_utc(until) > now:
+            return Claim([], (as_utc(until) - now).total_seconds())
     limit, rate = settings.provider_limits(provider)
     burst = max(1.0, rate)
-    elapsed = max(0.0, (now - _aware(acct.refilled_at)).total_seconds())
+    elapsed = max(0.0, (now - as_utc(acct.refilled_at)).total_seconds())
     tokens = min(burst, acct.tokens + elapsed * rate)
     acct.tokens, acct.refilled_at = tokens, now
     slots = limit - in_flight(session, provider)
@@ -103,7 +100,7 @@ def block(session: Session, provider: str, seconds: float, now: datetime) -> Non
     """Stop every worker from sending to this account for `seconds` (429 Retry-After)."""
     acct = locked_account(session, provider)
     until = now + timedelta(seconds=seconds)
-    if acct.blocked_until is None or _aware(acct.blocked_until) < until:
+    if acct.blocked_until is None or as_utc(acct.blocked_until) < until:
         acct.blocked_until = until
 
 
@@ -128,17 +125,10 @@ def breaker_open(session: Session, provider: str, now: datetime) -> bool:
     """Whether the provider's breaker is open right now."""
     until = session.scalar(sa.select(ProviderAccount.breaker_open_until)
                            .where(ProviderAccount.provider == provider))
-    return until is not None and _aware(until) > now
+    return until is not None and as_utc(until) > now
 
 
 def backoff(settings: Settings, retries: int) -> float:
     """Exponential backoff with full-range jitter, capped."""
     base = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** max(0, retries - 1))
     return base * random.uniform(0.5, 1.5)
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite returns naive datetimes for timezone-aware columns; they are stored in UTC.
-    from datetime import UTC
-
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

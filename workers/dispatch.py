@@ -22,11 +22,11 @@ from orchestrator.log import bound
 from orchestrator.models import Job, JobState
 from orchestrator.providers.base import Lane, SubmitRequest, Submitted
 from orchestrator.providers.errors import PermanentProviderError, ProviderError, RateLimited
+from orchestrator.providers.registry import PROVIDERS
 from workers import admission
 from workers.context import Context, ctx
 
 log = logging.getLogger(__name__)
-PROVIDERS = ("fal", "runware")
 # Nudges scheduled in the broker stay far below Redis's visibility timeout (see queue.py).
 MAX_COUNTDOWN = 300.0
 UNKNOWN_OUTCOME = ("timeout", "connection_error")

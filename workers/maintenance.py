@@ -15,14 +15,13 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from celery import shared_task
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator import queue, schedules, state
-from orchestrator.db import utcnow
+from orchestrator.db import upsert_insert, utcnow
 from orchestrator.models import Batch, Delivery, Heartbeat, Job, JobState
+from orchestrator.providers.registry import PROVIDERS
 from workers.context import Context, ctx
-from workers.dispatch import PROVIDERS, TASK_OPTS, requeue
+from workers.dispatch import TASK_OPTS, requeue
 from workers.webhooks import poll_job
 
 log = logging.getLogger(__name__)
@@ -60,8 +59,7 @@ def beat(c: Context, name: str) -> None:
     """Record that a worker consumed from `name` just now (read by /readyz)."""
     with c.session() as session:
         table = cast(sa.Table, Heartbeat.__table__)
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(table).values(name=name, seen_at=utcnow())
+        stmt = upsert_insert(session, table).values(name=name, seen_at=utcnow())
         session.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"seen_at": stmt.excluded.seen_at}))
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC
-
 import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from orchestrator import metrics
 from orchestrator.api.context import services
-from orchestrator.db import utcnow
+from orchestrator.db import as_utc, utcnow
 from orchestrator.models import Heartbeat
 
 bp = Blueprint("health", __name__)
@@ -49,8 +47,7 @@ def _worker() -> str:
         return f"error: {type(exc).__name__}"
     if seen is None:
         return "error: no worker has consumed a message yet"
-    seen = seen if seen.tzinfo else seen.replace(tzinfo=UTC)
-    age = (utcnow() - seen).total_seconds()
+    age = (utcnow() - as_utc(seen)).total_seconds()
     limit = 3 * settings.sweep_interval_seconds + 10
     return "ok" if age <= limit else f"error: last consumed {age:.0f}s ago"
 

@@ -16,18 +16,18 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import queue
 from orchestrator.api.context import db, services
 from orchestrator.api.problems import BASE, problem
 from orchestrator.callbacks import parse_target, token_matches
+from orchestrator.db import upsert_insert
 from orchestrator.log import bind
 from orchestrator.models import Delivery, Job
 from orchestrator.providers.errors import TransientProviderError
 from orchestrator.providers.fal_signature import InvalidSignature, JwksCache
+from orchestrator.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -38,7 +38,7 @@ KEPT_HEADERS = ("content-type", "user-agent", "x-fal-webhook-request-id", "x-fal
 @bp.post("/<provider>/<job_id>/<attempt>")
 def receive(provider: str, job_id: str, attempt: str) -> Response | tuple[Response, int]:
     """Accept one provider callback."""
-    if provider not in ("fal", "runware"):
+    if provider not in PROVIDERS:
         return problem(404, "Not found", f"no webhook endpoint for {provider!r}", BASE + "not-found")
     raw = request.get_data(cache=False)
     headers = {k: v for k, v in request.headers.items() if k.lower() in KEPT_HEADERS}
@@ -105,9 +105,8 @@ def _store(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, atte
     session = db()
     values = {"provider": provider, "event_key": key[:300], "job_id": job_id, "attempt": attempt, "verified": True,
               "headers": headers, "body": raw}
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     try:
-        new_id = session.execute(insert(Delivery).values(**values).on_conflict_do_nothing()
+        new_id = session.execute(upsert_insert(session, Delivery).values(**values).on_conflict_do_nothing()
                                  .returning(Delivery.id)).scalar_one_or_none()
         if new_id is None:
             session.execute(sa.update(Delivery).where(Delivery.provider == provider, Delivery.event_key == key[:300])

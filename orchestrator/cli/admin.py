@@ -42,17 +42,23 @@ def keys_group() -> None:
 @click.option("--name", default="")
 def keys_create(tenant: str, role: str, name: str) -> None:
     """Create an API key and print it once (only its hash is stored)."""
+    prefix, token = new_key(_settings(), tenant, role=role, name=name)
+    click.echo(token)
+    click.echo(f"(key {prefix} for tenant {tenant!r}, role {role}; shown once, store it now)", err=True)
+
+
+def new_key(settings: Settings, tenant: str, *, role: str, name: str) -> tuple[str, str]:
+    """Create an API key in the configured database; returns (public prefix, token)."""
     from orchestrator import auth
     from orchestrator.db import make_engine, make_session_factory, session_scope
 
-    settings = _settings()
     engine = make_engine(settings.resolved_database_url)
-    with session_scope(make_session_factory(engine)) as session:
-        key, token = auth.create_key(session, tenant, role=role, name=name)
-        prefix = key.prefix
-    engine.dispose()
-    click.echo(token)
-    click.echo(f"(key {prefix} for tenant {tenant!r}, role {role}; shown once, store it now)", err=True)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            key, token = auth.create_key(session, tenant, role=role, name=name)
+            return key.prefix, token
+    finally:
+        engine.dispose()
 
 
 @keys_group.command("revoke")

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from orchestrator.cli.admin import new_key
 from orchestrator.cli.client import Api, fetch_manifest, follow, save_results
 from orchestrator.cli.embedded import EmbeddedStack, default_port
 from orchestrator.netutil import free_port
@@ -34,17 +35,9 @@ def mood_board(prompts: int, seeds: int) -> dict[str, Any]:
     return {"name": "demo mood board", "lane": "interactive", "items": items}
 
 
-def _create_key(data_dir: Path, tenant: str = "demo") -> str:
-    from orchestrator import auth
-    from orchestrator.db import make_engine, make_session_factory, session_scope
-
-    engine = make_engine(f"sqlite:///{(data_dir / 'orchestrator.db').resolve()}")
-    try:
-        with session_scope(make_session_factory(engine)) as session:
-            _, token = auth.create_key(session, tenant, role="admin", name="embedded")
-    finally:
-        engine.dispose()
-    return token
+def _create_key(stack: EmbeddedStack, tenant: str = "demo") -> str:
+    assert stack.settings is not None
+    return new_key(stack.settings, tenant, role="admin", name="embedded")[1]
 
 
 @click.command("demo")
@@ -61,7 +54,7 @@ def demo(out: Path, prompts: int, seeds: int) -> None:
     try:
         stack.start()
         stack.wait_ready()
-        api = Api(stack.api_url, _create_key(data_dir))
+        api = Api(stack.api_url, _create_key(stack))
         batch = api.json("POST", "/v1/batches", json=mood_board(prompts, seeds))
         click.echo(f"submitted batch {batch['id']}: {batch['total']} jobs on {', '.join(MODELS)}")
         final = follow(api, batch["id"], 0.25)
@@ -132,7 +125,7 @@ def up(port: int, data_dir: Path | None) -> None:
     try:
         stack.start()
         stack.wait_ready()
-        key = _stored_key(data_dir)
+        key = _stored_key(stack)
         assert stack.fal is not None and stack.runware is not None
         click.echo(f"API            {stack.api_url}  (OpenAPI: {stack.api_url}/v1/openapi.json)")
         click.echo(f"metrics        {stack.api_url}/metrics")
@@ -150,12 +143,12 @@ def up(port: int, data_dir: Path | None) -> None:
     click.echo("stopped")
 
 
-def _stored_key(data_dir: Path) -> str:
+def _stored_key(stack: EmbeddedStack) -> str:
     """A development key kept in the data directory, so it survives restarts."""
-    path = data_dir / "api_key"
+    path = stack.data_dir / "api_key"
     if path.exists():
         return path.read_text().strip()
-    key = _create_key(data_dir, tenant="default")
+    key = _create_key(stack, tenant="default")
     path.write_text(key)
     path.chmod(0o600)
     return key

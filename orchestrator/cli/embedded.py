@@ -41,6 +41,7 @@ class EmbeddedStack:
     runware: RunwareSandbox | None = None
     worker: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    settings: Settings | None = None  # what the API and the worker run with, once started
     _server: BaseWSGIServer | None = None
     _log: Any = None
 
@@ -66,13 +67,9 @@ class EmbeddedStack:
                                                     faults=faults))
         self.runware.start()
         self.env = self._environment()
-        # Settings(**...) rather than model_validate(): the latter skips the environment in some
-        # pydantic-settings versions, and FAL_KEY / RUNWARE_API_KEY still come from os.environ.
-        overrides: dict[str, Any] = {k.removeprefix("ORCH_").lower(): v for k, v in self.env.items()
-                                     if k.startswith("ORCH_")}
-        settings = Settings(**overrides)
-        upgrade(settings.resolved_database_url)
-        self._server = make_server("127.0.0.1", self.api_port, create_app(settings), threaded=True)
+        self.settings = Settings.from_env(self.env)
+        upgrade(self.settings.resolved_database_url)
+        self._server = make_server("127.0.0.1", self.api_port, create_app(self.settings), threaded=True)
         threading.Thread(target=self._server.serve_forever, name="api", daemon=True).start()
         self._log = open(self.data_dir / "worker.log", "ab")  # noqa: SIM115  (closed in stop())
         self.worker = subprocess.Popen(
