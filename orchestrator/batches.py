@@ -17,6 +17,7 @@ from orchestrator.db import new_id, utcnow
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.intake import Plan
 from orchestrator.models import Batch, BatchState, Job, JobEvent, JobState
+from orchestrator.schemas import BatchOut, JobOut
 
 PAGE_MAX = 500
 
@@ -63,7 +64,7 @@ def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime) -> No
         session.execute(sa.insert(Job), rows[start:start + 5000])
 
 
-def get_batch(session: Session, tenant: str, batch_id: str) -> Batch:
+def get_batch(session: Session, tenant: str, batch_id: str | uuid.UUID) -> Batch:
     """One batch of this tenant, or NotFound (another tenant's batch is also NotFound)."""
     bid = _uuid(batch_id)
     batch = session.execute(sa.select(Batch).where(Batch.id == bid, Batch.tenant == tenant)).scalar_one_or_none()
@@ -72,7 +73,7 @@ def get_batch(session: Session, tenant: str, batch_id: str) -> Batch:
     return batch
 
 
-def get_job(session: Session, tenant: str, job_id: str) -> Job:
+def get_job(session: Session, tenant: str, job_id: str | uuid.UUID) -> Job:
     """One job of this tenant, or NotFound."""
     jid = _uuid(job_id)
     job = session.execute(sa.select(Job).where(Job.id == jid, Job.tenant == tenant)).scalar_one_or_none()
@@ -128,7 +129,9 @@ def retry(session: Session, batch: Batch) -> int:
     return state.retry_failed(session, batch.id)
 
 
-def _uuid(value: str) -> uuid.UUID:
+def _uuid(value: str | uuid.UUID) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -165,27 +168,42 @@ def _decode_cursor(cursor: str) -> list[Any]:
         raise InvalidQuery("the cursor is not one this API issued") from None
 
 
+def batch_out(batch: Batch) -> BatchOut:
+    """The public form of a batch (the model the API returns and documents)."""
+    return BatchOut(
+        id=str(batch.id), name=batch.name, lane=batch.lane, state=batch.state.value,
+        total=batch.total, counts=batch.counts(), cost=float(batch.cost or 0),
+        callback_url=batch.callback_url, metadata=batch.metadata_,
+        created_at=_iso(batch.created_at) or "", started_at=_iso(batch.started_at),
+        completed_at=_iso(batch.completed_at),
+    )
+
+
 def batch_json(batch: Batch) -> dict[str, Any]:
-    """The public form of a batch."""
-    return {
-        "id": str(batch.id), "name": batch.name, "lane": batch.lane, "state": batch.state.value,
-        "total": batch.total, "counts": batch.counts(), "cost": float(batch.cost or 0),
-        "callback_url": batch.callback_url, "metadata": batch.metadata_,
-        "created_at": _iso(batch.created_at), "started_at": _iso(batch.started_at),
-        "completed_at": _iso(batch.completed_at),
-    }
+    """The public form of a batch as JSON data (e.g. for the batch.completed callback)."""
+    return batch_out(batch).model_dump(mode="json")
 
 
-def job_json(job: Job) -> dict[str, Any]:
-    """The public form of a job."""
+def job_fields(job: Job) -> dict[str, Any]:
+    """The fields of JobOut for a job."""
     return {
         "id": str(job.id), "batch_id": str(job.batch_id), "position": job.position,
         "custom_id": job.custom_id, "model": job.model, "requested_model": job.requested_model,
         "provider": job.provider, "state": job.state.value, "attempt": job.attempt, "params": job.params,
         "provider_request_id": job.provider_request_id, "error_code": job.error_code,
         "error_message": job.error_message, "cost": float(job.cost) if job.cost is not None else None,
-        "created_at": _iso(job.created_at), "completed_at": _iso(job.completed_at),
+        "created_at": _iso(job.created_at) or "", "completed_at": _iso(job.completed_at),
     }
+
+
+def job_out(job: Job) -> JobOut:
+    """The public form of a job."""
+    return JobOut(**job_fields(job))
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """The public form of a job as JSON data."""
+    return job_out(job).model_dump(mode="json")
 
 
 def _iso(value: datetime | None) -> str | None:

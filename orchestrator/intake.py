@@ -6,7 +6,6 @@ rejected batch cannot leave a partial write behind.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator import catalog
+from orchestrator import catalog, jsonbody
 from orchestrator.errors import BatchRejected, ItemProblem, TooLarge
 from orchestrator.schemas import BatchRequest, Catalog, Matrix
 
@@ -46,10 +45,7 @@ class Plan:
 
 def parse_json(raw: bytes, max_items: int) -> BatchRequest:
     """Parse a JSON body into a BatchRequest, or raise BatchRejected saying where."""
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BatchRejected([ItemProblem(None, None, "body", f"invalid JSON: {exc}")]) from None
+    data = jsonbody.loads_batch_body(raw)
     if not isinstance(data, dict):
         raise BatchRejected([ItemProblem(None, None, "body", "must be a JSON object")])
     items = data.get("items")
@@ -72,9 +68,14 @@ def parse_jsonl(raw: bytes, options: Mapping[str, str], max_items: int) -> Batch
         if len(items) >= max_items:
             raise TooLarge(f"more than {max_items} items; at most {max_items} per batch")
         try:
-            items.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            problems.append(ItemProblem(len(items), None, "line", f"line {number}: invalid JSON: {exc.msg}"))
+            items.append(jsonbody.loads(line))
+        except jsonbody.BodyProblem as exc:
+            if exc.path is None:
+                problems.append(ItemProblem(len(items), None, "line", f"line {number}: {exc.message}"))
+            else:
+                problem = jsonbody.as_item_problem(exc, jsonbody.partial(line), position=len(items))
+                problems.append(ItemProblem(problem.position, problem.custom_id, problem.field,
+                                            f"line {number}: {problem.message}"))
             items.append({})
     if problems:
         raise BatchRejected(problems)

@@ -57,6 +57,48 @@ class ScheduleIn(BaseModel):
         return value
 
 
+def _no_defaults(schema: dict[str, Any]) -> None:
+    # An absent field means "unchanged", not null: the document must not claim a null default.
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+
+
+class ScheduleUpdate(BaseModel):
+    """PATCH /v1/schedules/<id>: any subset of the schedule's fields (the result is validated as a whole)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_no_defaults)
+    name: str = Field(default=None, min_length=1, max_length=200)  # type: ignore[assignment]
+    cron: str = Field(default=None, min_length=1, max_length=120)  # type: ignore[assignment]
+    timezone: str = Field(default=None, min_length=1, max_length=64)  # type: ignore[assignment]
+    template: dict[str, Any] = Field(default=None)  # type: ignore[assignment]
+    enabled: bool = Field(default=None)  # type: ignore[assignment]
+    overlap_policy: Literal["skip", "queue", "allow"] = Field(default=None)  # type: ignore[assignment]
+    catchup_window_seconds: int = Field(default=None, ge=0, le=7 * 24 * 3600)  # type: ignore[assignment]
+
+
+class ScheduleOut(BaseModel):
+    """A schedule as the API returns it."""
+
+    id: str = Field(json_schema_extra={"format": "uuid"})
+    name: str
+    cron: str
+    timezone: str
+    template: dict[str, Any]
+    enabled: bool
+    overlap_policy: str
+    catchup_window_seconds: int
+    next_run_at: str | None = Field(json_schema_extra={"format": "date-time"})
+    last_run_at: str | None = Field(json_schema_extra={"format": "date-time"})
+    last_batch_id: str | None = Field(json_schema_extra={"format": "uuid"})
+
+
+class SchedulePage(BaseModel):
+    """This tenant's schedules by name (one page: next_cursor is always null)."""
+
+    data: list[ScheduleOut]
+    next_cursor: str | None
+
+
 def next_slot(cron: str, timezone: str, after: datetime) -> datetime:
     """The first slot strictly after `after`, computed in the schedule's zone (DST-aware), in UTC."""
     local = after.astimezone(ZoneInfo(timezone))
@@ -85,6 +127,7 @@ def create(session: Session, tenant: str, data: ScheduleIn, max_items: int) -> S
 
 def update(session: Session, schedule: Schedule, changes: dict[str, Any], max_items: int) -> Schedule:
     """Apply a validated partial update; a new cron or zone recomputes the next slot."""
+    changes = ScheduleUpdate.model_validate(changes).model_dump(exclude_unset=True)
     merged = ScheduleIn.model_validate({**as_input(schedule), **changes})
     if "template" in changes:
         check_template(merged.template, max_items)
@@ -100,10 +143,10 @@ def as_input(schedule: Schedule) -> dict[str, Any]:
     return {k: getattr(schedule, k) for k in ScheduleIn.model_fields}
 
 
-def get(session: Session, tenant: str, schedule_id: str) -> Schedule:
+def get(session: Session, tenant: str, schedule_id: str | uuid.UUID) -> Schedule:
     """One schedule of this tenant, or NotFound."""
     try:
-        sid = uuid.UUID(schedule_id)
+        sid = schedule_id if isinstance(schedule_id, uuid.UUID) else uuid.UUID(schedule_id)
     except ValueError:
         raise NotFound(f"no schedule {schedule_id}") from None
     schedule = session.scalar(sa.select(Schedule).where(Schedule.id == sid, Schedule.tenant == tenant))
@@ -164,9 +207,14 @@ def _previous_running(session: Session, schedule: Schedule) -> bool:
     return state is not None and state not in FINAL_BATCH
 
 
-def schedule_json(schedule: Schedule) -> dict[str, Any]:
+def schedule_out(schedule: Schedule) -> ScheduleOut:
     """The public form of a schedule."""
-    return {"id": str(schedule.id), **as_input(schedule),
-            "next_run_at": schedule.next_run_at.isoformat() if schedule.next_run_at else None,
-            "last_run_at": schedule.last_run_at.isoformat() if schedule.last_run_at else None,
-            "last_batch_id": str(schedule.last_batch_id) if schedule.last_batch_id else None}
+    return ScheduleOut(id=str(schedule.id), **as_input(schedule),
+                       next_run_at=schedule.next_run_at.isoformat() if schedule.next_run_at else None,
+                       last_run_at=schedule.last_run_at.isoformat() if schedule.last_run_at else None,
+                       last_batch_id=str(schedule.last_batch_id) if schedule.last_batch_id else None)
+
+
+def schedule_json(schedule: Schedule) -> dict[str, Any]:
+    """The public form of a schedule as JSON data."""
+    return schedule_out(schedule).model_dump(mode="json")

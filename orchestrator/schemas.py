@@ -110,10 +110,20 @@ class BatchRequest(BaseModel):
         return v
 
 
+def Timestamp() -> Any:
+    """A timestamp field: RFC 3339, UTC with its offset."""
+    return Field(json_schema_extra={"format": "date-time"})
+
+
+def Uuid() -> Any:
+    """An id field."""
+    return Field(json_schema_extra={"format": "uuid"})
+
+
 class BatchOut(BaseModel):
     """A batch as the API returns it."""
 
-    id: str
+    id: str = Uuid()
     name: str
     lane: str
     state: str
@@ -122,16 +132,28 @@ class BatchOut(BaseModel):
     cost: float
     callback_url: str | None
     metadata: dict[str, Any]
-    created_at: str
-    started_at: str | None
-    completed_at: str | None
+    created_at: str = Timestamp()
+    started_at: str | None = Timestamp()
+    completed_at: str | None = Timestamp()
+
+
+class CancelOut(BatchOut):
+    """The batch after a cancel, with how many jobs were cancelled."""
+
+    cancelled_jobs: int
+
+
+class RetryOut(BatchOut):
+    """The batch after a retry, with how many failed jobs were re-queued."""
+
+    requeued_jobs: int
 
 
 class JobOut(BaseModel):
     """A job as the API returns it."""
 
-    id: str
-    batch_id: str
+    id: str = Uuid()
+    batch_id: str = Uuid()
     position: int
     custom_id: str
     model: str
@@ -144,15 +166,100 @@ class JobOut(BaseModel):
     error_code: str | None
     error_message: str | None
     cost: float | None
-    created_at: str
-    completed_at: str | None
+    created_at: str = Timestamp()
+    completed_at: str | None = Timestamp()
 
 
-class Page(BaseModel):
-    """A keyset-paginated list."""
+class JobEventOut(BaseModel):
+    """One entry of a job's timeline."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    kind: str
+    attempt: int
+    from_: str | None = Field(alias="from")
+    to: str | None
+    detail: dict[str, Any]
+    at: str = Timestamp()
+
+
+class JobDetail(JobOut):
+    """A job with its timeline."""
+
+    events: list[JobEventOut]
+
+
+class BatchPage(BaseModel):
+    """A page of batches, newest first; pass next_cursor as `cursor` for the next page."""
+
+    data: list[BatchOut]
+    next_cursor: str | None
+
+
+class JobPage(BaseModel):
+    """A page of jobs by position; pass next_cursor as `cursor` for the next page."""
+
+    data: list[JobOut]
+    next_cursor: str | None
+
+
+class ModelsOut(BaseModel):
+    """The model catalog and the family aliases."""
 
     data: list[dict[str, Any]]
-    next_cursor: str | None
+    aliases: dict[str, list[str]]
+
+
+class CallbackSecretOut(BaseModel):
+    """This tenant's Standard Webhooks signing secret."""
+
+    secret: str
+
+
+class ManifestImage(BaseModel):
+    """One stored image of a job in the results manifest."""
+
+    index: int
+    storage_key: str
+    url: str
+    sha256: str | None
+    width: int | None
+    height: int | None
+    content_type: str | None
+    bytes: int | None
+    seed: int | None
+    nsfw: bool | None
+
+
+class ManifestError(BaseModel):
+    """Why a job failed."""
+
+    code: str | None
+    message: str | None
+
+
+class ManifestLine(BaseModel):
+    """One line of the JSONL results manifest: one job."""
+
+    custom_id: str
+    position: int
+    job_id: str
+    status: str
+    model: str
+    provider: str
+    prompt: str | None
+    images: list[ManifestImage]
+    seed: int | None
+    cost: float | None
+    error: ManifestError | None
+
+
+class ProblemItem(BaseModel):
+    """One problem of a rejected request: which item (position, custom_id) and which field."""
+
+    position: int | None
+    custom_id: str | None
+    field: str
+    message: str
 
 
 class Problem(BaseModel):
@@ -162,60 +269,45 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
-    errors: list[dict[str, Any]] | None = None
+    errors: list[ProblemItem] | None = None
+    error_count: int | None = None
 
 
-def openapi_document() -> dict[str, Any]:
-    """A minimal OpenAPI 3.1 document built from the pydantic models."""
-    from pydantic.json_schema import models_json_schema
+# ---- query and header parameters (validated by orchestrator.api.spec, documented from here) ----
 
-    models: list[type[BaseModel]] = [BatchRequest, BatchOut, JobOut, Page, Problem]
-    _, schema = models_json_schema([(m, "validation") for m in models],
-                                   ref_template="#/components/schemas/{model}")
-    components = schema.get("$defs", {})
+def _states(enum_values: list[str]) -> Any:
+    return Field(default_factory=list, json_schema_extra={"items": {"type": "string", "enum": enum_values}},
+                 description="only these states; repeat the parameter or separate with commas")
 
-    def ref(name: str) -> dict[str, Any]:
-        return {"$ref": f"#/components/schemas/{name}"}
 
-    def resp(name: str, desc: str = "OK") -> dict[str, Any]:
-        return {"description": desc, "content": {"application/json": {"schema": ref(name)}}}
+class _PageQuery(BaseModel):
+    cursor: str | None = Field(default=None, max_length=500, description="next_cursor of the previous page")
+    limit: int = Field(default=100, ge=1, le=500, description="page size")
 
-    ok = {"200": {"description": "OK"}}
-    problem = {"description": "Problem", "content": {"application/problem+json": {"schema": ref("Problem")}}}
-    paths = {
-        "/v1/batches": {
-            "post": {"summary": "Submit a batch (JSON or JSONL body)",
-                     "requestBody": {"content": {"application/json": {"schema": ref("BatchRequest")},
-                                                 "application/x-ndjson": {"schema": {"type": "string"}}}},
-                     "responses": {"201": resp("BatchOut", "Created"), "200": resp("BatchOut", "Replayed"),
-                                   "409": problem, "413": problem, "422": problem}},
-            "get": {"summary": "List batches", "responses": {"200": resp("Page")}},
-        },
-        "/v1/batches/{id}": {"get": {"summary": "One batch", "responses": {"200": resp("BatchOut"),
-                                                                         "404": problem}}},
-        "/v1/batches/{id}/jobs": {"get": {"summary": "Jobs of a batch", "responses": {"200": resp("Page")}}},
-        "/v1/batches/{id}/cancel": {"post": {"summary": "Cancel a batch", "responses": {"200": resp("BatchOut")}}},
-        "/v1/jobs/{id}": {"get": {"summary": "One job", "responses": {"200": resp("JobOut"), "404": problem}}},
-        "/v1/batches/{id}/results": {"get": {"summary": "JSONL manifest with presigned links", "responses": {
-            "200": {"description": "one JSON object per line", "content": {"application/x-ndjson": {}}}}}},
-        "/v1/batches/{id}/retry": {"post": {"summary": "Re-queue failed jobs", "responses": {"200": resp("BatchOut")}}},
-        "/v1/schedules": {"post": {"summary": "Create a schedule", "responses": {"201": {"description": "Created"},
-                                                                                "422": problem}},
-                          "get": {"summary": "List schedules", "responses": {"200": resp("Page")}}},
-        "/v1/schedules/{id}": {"get": {"summary": "One schedule", "responses": ok},
-                               "patch": {"summary": "Change a schedule", "responses": ok},
-                               "delete": {"summary": "Delete a schedule",
-                                          "responses": {"204": {"description": "Deleted"}}}},
-        "/v1/schedules/{id}/run": {"post": {"summary": "Run now", "responses": {"201": resp("BatchOut")}}},
-        "/v1/callback-secret": {"get": {"summary": "Standard Webhooks secret", "responses": ok}},
-        "/v1/models": {"get": {"summary": "The model catalog", "responses": ok}},
-        "/v1/openapi.json": {"get": {"summary": "This document", "responses": ok}},
-    }
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "Image generation batch orchestrator", "version": "1"},
-        "paths": paths,
-        "components": {"schemas": components,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"bearer": []}],
-    }
+
+class BatchListQuery(_PageQuery):
+    """GET /v1/batches query."""
+
+    state: list[str] = _states(["queued", "running", "succeeded", "partially_failed", "failed", "cancelled"])
+
+
+class JobListQuery(_PageQuery):
+    """GET /v1/batches/<id>/jobs query."""
+
+    state: list[str] = _states(["queued", "submitting", "submitted", "storing", "succeeded", "failed", "cancelled"])
+
+
+class BatchOptions(BaseModel):
+    """POST /v1/batches query: batch options for a JSONL body (a JSON body carries them itself)."""
+
+    name: str | None = Field(default=None, max_length=200)
+    lane: Literal["interactive", "bulk"] | None = None
+    callback_url: str | None = Field(default=None, max_length=2000, json_schema_extra={"format": "uri"})
+    model: str | None = Field(default=None, max_length=200, description="default model of every line")
+
+
+class BatchHeaders(BaseModel):
+    """POST /v1/batches headers."""
+
+    idempotency_key: str | None = Field(default=None, alias="Idempotency-Key", min_length=1, max_length=200,
+                                        description="a replay with the same key and body returns the same batch")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -68,7 +69,7 @@ def test_models_and_openapi(client: FlaskClient) -> None:
     spec = client.get("/v1/openapi.json").json
     assert spec["openapi"].startswith("3.1") and "BatchRequest" in spec["components"]["schemas"]
     assert "items" in spec["components"]["schemas"]["BatchRequest"]["properties"]
-    routes = {str(r.rule).replace("<batch_id>", "{id}").replace("<schedule_id>", "{id}").replace("<job_id>", "{id}")
+    routes = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", str(r.rule))
               for r in client.application.url_map.iter_rules() if str(r.rule).startswith("/v1/")}
     assert routes == set(spec["paths"]), "every /v1 route is documented"
 

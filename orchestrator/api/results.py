@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, g, jsonify, stream_with_context
+from flask import Blueprint, Response, g, stream_with_context
 
 from orchestrator import batches, signing
-from orchestrator.api.auth import require_key
 from orchestrator.api.context import db, services
+from orchestrator.api.spec import Content, operation
 from orchestrator.models import Asset, Job
+from orchestrator.schemas import CallbackSecretOut, ManifestError, ManifestImage, ManifestLine
 from orchestrator.storage.base import Storage
 
 bp = Blueprint("results", __name__, url_prefix="/v1")
@@ -21,9 +21,10 @@ PAGE = 1000
 LINK_SECONDS = 3600
 
 
-@bp.get("/batches/<batch_id>/results")
-@require_key()
-def results(batch_id: str) -> Response:
+@operation(bp, "GET", "/batches/<uuid:batch_id>/results", "Get the results manifest of a batch",
+           responses={200: Content("application/x-ndjson", ManifestLine,
+                                   "JSONL: one ManifestLine per job, by position, with fresh presigned links")})
+def results(batch_id: uuid.UUID) -> Response:
     """Stream the manifest with fresh presigned GET links (valid one hour)."""
     bid = batches.get_batch(db(), g.tenant, batch_id).id
     factory, storage = services().sessions, services().storage
@@ -38,7 +39,8 @@ def results(batch_id: str) -> Response:
                     return
                 assets = _assets(session, [j.id for j in jobs])
                 for job in jobs:
-                    yield json.dumps(manifest_line(job, assets.get(job.id, []), storage)) + "\n"
+                    line = manifest_line(job, assets.get(job.id, []), storage)
+                    yield json.dumps(line.model_dump(mode="json")) + "\n"
                 after = jobs[-1].position
 
     return Response(stream_with_context(lines()), mimetype="application/x-ndjson",
@@ -53,21 +55,22 @@ def _assets(session: sa.orm.Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID
     return out
 
 
-def manifest_line(job: Job, assets: list[Asset], storage: Storage) -> dict[str, Any]:
+def manifest_line(job: Job, assets: list[Asset], storage: Storage) -> ManifestLine:
     """One job's manifest entry."""
-    images = [{"index": a.index, "storage_key": a.storage_key, "url": storage.presign_get(a.storage_key, LINK_SECONDS),
-               "sha256": a.sha256, "width": a.width, "height": a.height, "content_type": a.content_type,
-               "bytes": a.bytes, "seed": int(a.seed) if a.seed is not None else None, "nsfw": a.nsfw}
+    images = [ManifestImage(index=a.index, storage_key=a.storage_key,
+                            url=storage.presign_get(a.storage_key, LINK_SECONDS), sha256=a.sha256, width=a.width,
+                            height=a.height, content_type=a.content_type, bytes=a.bytes,
+                            seed=int(a.seed) if a.seed is not None else None, nsfw=a.nsfw)
               for a in assets if a.storage_key]
-    error = {"code": job.error_code, "message": job.error_message} if job.error_code or job.error_message else None
-    return {"custom_id": job.custom_id, "position": job.position, "job_id": str(job.id), "status": job.state.value,
-            "model": job.model, "provider": job.provider, "prompt": job.params.get("prompt"), "images": images,
-            "seed": images[0]["seed"] if images else job.params.get("seed"),
-            "cost": float(job.cost) if job.cost is not None else None, "error": error}
+    error = ManifestError(code=job.error_code, message=job.error_message) \
+        if job.error_code or job.error_message else None
+    return ManifestLine(custom_id=job.custom_id, position=job.position, job_id=str(job.id), status=job.state.value,
+                        model=job.model, provider=job.provider, prompt=job.params.get("prompt"), images=images,
+                        seed=images[0].seed if images else job.params.get("seed"),
+                        cost=float(job.cost) if job.cost is not None else None, error=error)
 
 
-@bp.get("/callback-secret")
-@require_key()
-def callback_secret() -> Response:
+@operation(bp, "GET", "/callback-secret", "Get the callback signing secret", responses={200: CallbackSecretOut})
+def callback_secret() -> CallbackSecretOut:
     """This tenant's Standard Webhooks signing secret for batch.completed callbacks."""
-    return jsonify({"secret": signing.tenant_secret(services().settings.resolved_secret_key(), g.tenant)})
+    return CallbackSecretOut(secret=signing.tenant_secret(services().settings.resolved_secret_key(), g.tenant))

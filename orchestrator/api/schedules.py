@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, g, request
 from pydantic import ValidationError
 
-from orchestrator import batches, queue, schedules
-from orchestrator.api.auth import require_key
+from orchestrator import batches, jsonbody, queue, schedules
 from orchestrator.api.context import db, services
+from orchestrator.api.spec import Body, operation
 from orchestrator.db import utcnow
 from orchestrator.errors import BatchRejected, ItemProblem
 from orchestrator.models import Schedule
+from orchestrator.schedules import ScheduleIn, ScheduleOut, SchedulePage, ScheduleUpdate
+from orchestrator.schemas import BatchOut
 
 bp = Blueprint("schedules", __name__, url_prefix="/v1/schedules")
 
 
 def _body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
+    data = jsonbody.loads_batch_body(request.get_data(cache=False))
     if not isinstance(data, dict):
         raise BatchRejected([ItemProblem(None, None, "body", "must be a JSON object")])
     return data
@@ -31,63 +34,61 @@ def _invalid(exc: ValidationError) -> BatchRejected:
                          "the schedule is invalid; nothing was saved")
 
 
-@bp.post("")
-@require_key()
-def create() -> tuple[Response, int]:
+@operation(bp, "POST", "", "Create a schedule", body=Body(ScheduleIn), responses={201: ScheduleOut},
+           problems=(409,))
+def create() -> tuple[ScheduleOut, int]:
     """Create a schedule; its template is validated like a batch."""
     try:
-        data = schedules.ScheduleIn.model_validate(_body())
+        data = ScheduleIn.model_validate(_body())
     except ValidationError as exc:
         raise _invalid(exc) from None
     schedule = schedules.create(db(), g.tenant, data, services().settings.max_items_per_batch)
     db().commit()
-    return jsonify(schedules.schedule_json(schedule)), 201
+    return schedules.schedule_out(schedule), 201
 
 
-@bp.get("")
-@require_key()
-def list_all() -> Response:
+@operation(bp, "GET", "", "List schedules", responses={200: SchedulePage})
+def list_all() -> SchedulePage:
     """This tenant's schedules by name."""
     rows = db().scalars(sa.select(Schedule).where(Schedule.tenant == g.tenant).order_by(Schedule.name)).all()
-    return jsonify({"data": [schedules.schedule_json(s) for s in rows], "next_cursor": None})
+    return SchedulePage(data=[schedules.schedule_out(s) for s in rows], next_cursor=None)
 
 
-@bp.get("/<schedule_id>")
-@require_key()
-def read(schedule_id: str) -> Response:
+@operation(bp, "GET", "/<uuid:schedule_id>", "Get a schedule", responses={200: ScheduleOut})
+def read(schedule_id: uuid.UUID) -> ScheduleOut:
     """One schedule."""
-    return jsonify(schedules.schedule_json(schedules.get(db(), g.tenant, schedule_id)))
+    return schedules.schedule_out(schedules.get(db(), g.tenant, schedule_id))
 
 
-@bp.patch("/<schedule_id>")
-@require_key()
-def patch(schedule_id: str) -> Response:
-    """Change some fields."""
+@operation(bp, "PATCH", "/<uuid:schedule_id>", "Change a schedule", body=Body(ScheduleUpdate),
+           responses={200: ScheduleOut})
+def patch(schedule_id: uuid.UUID) -> ScheduleOut:
+    """Change some fields; the result is validated as a whole."""
     schedule = schedules.get(db(), g.tenant, schedule_id)
     try:
         schedules.update(db(), schedule, _body(), services().settings.max_items_per_batch)
     except ValidationError as exc:
         raise _invalid(exc) from None
     db().commit()
-    return jsonify(schedules.schedule_json(schedule))
+    return schedules.schedule_out(schedule)
 
 
-@bp.delete("/<schedule_id>")
-@require_key()
-def delete(schedule_id: str) -> tuple[str, int]:
+@operation(bp, "DELETE", "/<uuid:schedule_id>", "Delete a schedule", responses={204: None})
+def delete(schedule_id: uuid.UUID) -> tuple[str, int]:
     """Delete a schedule; batches it created stay."""
     db().delete(schedules.get(db(), g.tenant, schedule_id))
     db().commit()
     return "", 204
 
 
-@bp.post("/<schedule_id>/run")
-@require_key()
-def run_now(schedule_id: str) -> tuple[Response, int]:
+@operation(bp, "POST", "/<uuid:schedule_id>/run", "Run a schedule now", responses={201: BatchOut})
+def run_now(schedule_id: uuid.UUID) -> tuple[BatchOut, int]:
     """Run the schedule's template now, outside its cron slots."""
     session = db()
     schedule = schedules.get(session, g.tenant, schedule_id)
     batch = schedules.run_slot(session, schedule, utcnow(), services().settings.max_items_per_batch)
     services().publisher.after_commit(session, queue.DISPATCH)
     session.commit()
-    return jsonify(batches.batch_json(batch)), 201
+    return batches.batch_out(batch), 201
+
+

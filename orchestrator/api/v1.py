@@ -1,84 +1,91 @@
-"""The /v1 client API: batches, jobs, models, OpenAPI."""
+"""The /v1 client API: batches, jobs, models, OpenAPI.
+
+Routes are declared with orchestrator.api.spec.operation, which also writes /v1/openapi.json.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import uuid
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from orchestrator import batches, catalog, intake, queue, state
-from orchestrator.api.auth import require_key
 from orchestrator.api.context import db, services
-from orchestrator.api.problems import BASE, problem
+from orchestrator.api.spec import Body, Content, document, operation
 from orchestrator.log import bind
-from orchestrator.schemas import openapi_document
+from orchestrator.schemas import (
+    BatchHeaders,
+    BatchListQuery,
+    BatchOptions,
+    BatchOut,
+    BatchPage,
+    BatchRequest,
+    CancelOut,
+    Item,
+    JobDetail,
+    JobEventOut,
+    JobListQuery,
+    JobPage,
+    ModelsOut,
+    RetryOut,
+)
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/ndjson")
+BATCH_BODY = Body(BatchRequest, tuple(Content(t, Item, description="one Item per line; options in the query")
+                                      for t in JSONL_TYPES))
 
 
-@bp.post("/batches")
-@require_key()
-def create_batch() -> Response | tuple[Response, int]:
-    """Validate a whole batch, write it in one transaction, then nudge dispatch."""
+@operation(bp, "POST", "/batches", "Submit a batch", query=BatchOptions, headers=BatchHeaders, body=BATCH_BODY,
+           responses={201: BatchOut, 200: BatchOut}, problems=(409,))
+def create_batch(query: BatchOptions, headers: BatchHeaders) -> tuple[BatchOut, int, dict[str, str]]:
+    """Validate a whole batch (JSON, or JSONL with one item per line), write it in one transaction,
+    then nudge dispatch. A replay with the same Idempotency-Key and body answers 200 with the same batch."""
     settings = services().settings
     raw = request.get_data(cache=False)
-    if not raw:
-        return problem(400, "Empty body", "send a JSON batch or a JSONL body", BASE + "empty-body")
     mimetype = request.mimetype or "application/json"
     if mimetype in JSONL_TYPES:
-        req = intake.parse_jsonl(raw, request.args, settings.max_items_per_batch)
-    elif mimetype == "application/json":
-        req = intake.parse_json(raw, settings.max_items_per_batch)
+        req = intake.parse_jsonl(raw, query.model_dump(exclude_none=True), settings.max_items_per_batch)
     else:
-        return problem(415, "Unsupported media type",
-                       f"use application/json or application/x-ndjson, not {mimetype}", BASE + "media-type")
+        req = intake.parse_json(raw, settings.max_items_per_batch)
     plan = intake.plan(req, settings.max_items_per_batch)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 200:
-        return problem(400, "Invalid Idempotency-Key", "must be 1 to 200 characters", BASE + "idempotency-key")
     digest = hashlib.sha256(mimetype.encode() + b"\n" + request.query_string + b"\n" + raw).hexdigest()
     session = db()
-    batch, created = batches.create_batch(session, g.tenant, plan, idempotency_key=key, request_hash=digest)
+    batch, created = batches.create_batch(session, g.tenant, plan, idempotency_key=headers.idempotency_key,
+                                          request_hash=digest)
     if created:
         services().publisher.after_commit(session, queue.DISPATCH)
     session.commit()
     bind(batch_id=batch.id)
-    body = jsonify(batches.batch_json(batch))
-    body.headers["Location"] = f"/v1/batches/{batch.id}"
-    return body, 201 if created else 200
+    return batches.batch_out(batch), 201 if created else 200, {"Location": f"/v1/batches/{batch.id}"}
 
 
-@bp.get("/batches")
-@require_key()
-def list_batches() -> Response:
+@operation(bp, "GET", "/batches", "List batches", query=BatchListQuery, responses={200: BatchPage})
+def list_batches(query: BatchListQuery) -> BatchPage:
     """This tenant's batches, newest first."""
-    rows, nxt = batches.list_batches(db(), g.tenant, states=_states(), cursor=request.args.get("cursor"),
-                                     limit=_limit())
-    return jsonify({"data": [batches.batch_json(b) for b in rows], "next_cursor": nxt})
+    rows, nxt = batches.list_batches(db(), g.tenant, states=_split(query.state), cursor=query.cursor,
+                                     limit=query.limit)
+    return BatchPage(data=[batches.batch_out(b) for b in rows], next_cursor=nxt)
 
 
-@bp.get("/batches/<batch_id>")
-@require_key()
-def get_batch(batch_id: str) -> Response:
+@operation(bp, "GET", "/batches/<uuid:batch_id>", "Get a batch", responses={200: BatchOut})
+def get_batch(batch_id: uuid.UUID) -> BatchOut:
     """One batch with its counts."""
-    return jsonify(batches.batch_json(batches.get_batch(db(), g.tenant, batch_id)))
+    return batches.batch_out(batches.get_batch(db(), g.tenant, batch_id))
 
 
-@bp.get("/batches/<batch_id>/jobs")
-@require_key()
-def list_jobs(batch_id: str) -> Response:
+@operation(bp, "GET", "/batches/<uuid:batch_id>/jobs", "List the jobs of a batch", query=JobListQuery,
+           responses={200: JobPage})
+def list_jobs(batch_id: uuid.UUID, query: JobListQuery) -> JobPage:
     """A batch's jobs by position, filtered by state."""
     batch = batches.get_batch(db(), g.tenant, batch_id)
-    rows, nxt = batches.list_jobs(db(), batch, states=_states(), cursor=request.args.get("cursor"),
-                                  limit=_limit())
-    return jsonify({"data": [batches.job_json(j) for j in rows], "next_cursor": nxt})
+    rows, nxt = batches.list_jobs(db(), batch, states=_split(query.state), cursor=query.cursor, limit=query.limit)
+    return JobPage(data=[batches.job_out(j) for j in rows], next_cursor=nxt)
 
 
-@bp.post("/batches/<batch_id>/cancel")
-@require_key()
-def cancel_batch(batch_id: str) -> Response:
+@operation(bp, "POST", "/batches/<uuid:batch_id>/cancel", "Cancel a batch", responses={200: CancelOut})
+def cancel_batch(batch_id: uuid.UUID) -> CancelOut:
     """Cancel unfinished jobs at once; ask the provider to drop requests it already has."""
     session = db()
     batch = batches.get_batch(session, g.tenant, batch_id)
@@ -89,12 +96,12 @@ def cancel_batch(batch_id: str) -> Response:
         services().publisher.after_commit(session, queue.NOTIFY_BATCH, str(finished))
     session.commit()
     session.refresh(batch)
-    return jsonify({**batches.batch_json(batch), "cancelled_jobs": count})
+    return CancelOut(**batches.batch_out(batch).model_dump(), cancelled_jobs=count)
 
 
-@bp.post("/batches/<batch_id>/retry")
-@require_key()
-def retry_batch(batch_id: str) -> Response:
+@operation(bp, "POST", "/batches/<uuid:batch_id>/retry", "Retry the failed jobs of a batch",
+           responses={200: RetryOut})
+def retry_batch(batch_id: uuid.UUID) -> RetryOut:
     """Re-queue the failed jobs of a batch; succeeded jobs are untouched."""
     session = db()
     batch = batches.get_batch(session, g.tenant, batch_id)
@@ -103,42 +110,33 @@ def retry_batch(batch_id: str) -> Response:
         services().publisher.after_commit(session, queue.DISPATCH)
     session.commit()
     session.refresh(batch)
-    return jsonify({**batches.batch_json(batch), "requeued_jobs": count})
+    return RetryOut(**batches.batch_out(batch).model_dump(), requeued_jobs=count)
 
 
-@bp.get("/jobs/<job_id>")
-@require_key()
-def get_job(job_id: str) -> Response:
+@operation(bp, "GET", "/jobs/<uuid:job_id>", "Get a job", responses={200: JobDetail})
+def get_job(job_id: uuid.UUID) -> JobDetail:
     """One job with its timeline."""
     job = batches.get_job(db(), g.tenant, job_id)
-    events = [{"kind": e.kind, "attempt": e.attempt, "from": e.from_state, "to": e.to_state,
-               "detail": e.detail, "at": e.created_at.isoformat()} for e in batches.job_events(db(), job.id)]
-    return jsonify({**batches.job_json(job), "events": events})
+    events = [JobEventOut(kind=e.kind, attempt=e.attempt, from_=e.from_state, to=e.to_state, detail=e.detail,
+                          at=e.created_at.isoformat()) for e in batches.job_events(db(), job.id)]
+    return JobDetail(**batches.job_fields(job), events=events)
 
 
-@bp.get("/models")
-def list_models() -> Response:
+@operation(bp, "GET", "/models", "List the models", auth=None, responses={200: ModelsOut})
+def list_models() -> ModelsOut:
     """The model catalog and family aliases (public, no key needed)."""
-    return jsonify({"data": [m.public() for m in catalog.MODELS.values()],
-                    "aliases": {k: list(v) for k, v in catalog.ALIASES.items()}})
+    return ModelsOut(data=[m.public() for m in catalog.MODELS.values()],
+                     aliases={k: list(v) for k, v in catalog.ALIASES.items()})
 
 
-@bp.get("/openapi.json")
+@operation(bp, "GET", "/openapi.json", "Get this OpenAPI document", auth=None,
+           responses={200: Content("application/json", schema={"type": "object"}, description="OpenAPI 3.1")})
 def openapi() -> Response:
-    """The OpenAPI document, generated from the pydantic models."""
-    return jsonify(openapi_document())
+    """The OpenAPI document, generated from the route declarations and their pydantic models."""
+    return jsonify(document(current_app, "Image generation batch orchestrator", "1"))
 
 
-def _states() -> list[str]:
-    return [s for value in request.args.getlist("state") for s in value.split(",") if s]
+def _split(values: list[str]) -> list[str]:
+    return [s for value in values for s in value.split(",") if s]
 
 
-def _limit() -> int:
-    raw: Any = request.args.get("limit", "100")
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 1 <= value <= batches.PAGE_MAX:
-        raise batches.InvalidQuery(f"limit must be an integer from 1 to {batches.PAGE_MAX}")
-    return value

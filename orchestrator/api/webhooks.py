@@ -9,7 +9,6 @@ Forged, stale and unmatched callbacks are recorded (without an event key) and re
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from functools import cache
 from typing import Any
@@ -18,7 +17,7 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator import queue
+from orchestrator import jsonbody, queue
 from orchestrator.api.context import db, services
 from orchestrator.api.problems import BASE, problem
 from orchestrator.callbacks import parse_target, token_matches
@@ -95,9 +94,9 @@ def _event_key(provider: str, raw: bytes, headers: dict[str, str]) -> str:
 
 def _json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
-    except ValueError:
-        return None
+        return jsonbody.loads(raw)
+    except jsonbody.BodyProblem:
+        return None  # hostile or malformed: the event key falls back to the body's digest
 
 
 def _store(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, attempt: int,

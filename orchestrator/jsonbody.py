@@ -1,0 +1,176 @@
+"""The one JSON parser for request bodies: hostile input becomes a problem that says where, never a 5xx.
+
+`json.loads` alone lets through what Postgres or the encoder later chokes on (NUL characters,
+lone surrogates, NaN/Infinity), and raises bare RecursionError/ValueError for very deep nesting
+or very long integers. `loads` refuses all of these and names the place: for a batch, the item
+position and field (`items.3.prompt` -> position 3, field `prompt`), else the dotted path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import BatchRejected, ItemProblem
+
+MAX_DEPTH = 64  # far beyond any real batch; keeps every later recursive step (pydantic, encoders) safe
+MAX_INT_DIGITS = 30  # any real seed, size or count fits in 64 bits (20 digits)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """Stands in for a number we refuse to build, so the walk can report where it was."""
+
+    reason: str
+
+
+def _int(text: str) -> int | _Refused:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        return _Refused(f"integer with {digits} digits; at most {MAX_INT_DIGITS}")
+    return int(text)
+
+
+def _float(text: str) -> float | _Refused:
+    value = float(text)
+    return value if math.isfinite(value) else _Refused(f"number {text[:20]} is out of range")
+
+
+def _constant(text: str) -> _Refused:
+    return _Refused(f"{text} is not valid JSON")
+
+
+class BodyProblem(Exception):
+    """Where (a path inside the document, or None for the whole body) and what is wrong."""
+
+    def __init__(self, path: Path | None, message: str):
+        super().__init__(message)
+        self.path, self.message = path, message
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse JSON text, or raise BodyProblem naming the first hostile place."""
+    try:
+        data = json.loads(raw, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except UnicodeDecodeError:
+        raise BodyProblem(None, "the body is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise BodyProblem(None, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise BodyProblem(_deep_path(raw), f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # e.g. int() limits not caught above
+        raise BodyProblem(None, f"invalid JSON: {exc}") from None
+    check(data)
+    return data
+
+
+def check(data: Any) -> None:
+    """Raise BodyProblem for the first value Postgres or a JSON encoder would refuse, or too deep a nesting."""
+    for path, value in _walk(data):
+        message = _refusal(value)
+        if message:
+            raise BodyProblem(path, message)
+
+
+def _walk(data: Any) -> Iterator[tuple[Path, Any]]:
+    # Iterative, so depth cannot exhaust the stack here either.
+    stack: list[tuple[Path, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if len(path) > MAX_DEPTH:
+            yield path[:MAX_DEPTH + 1], _Refused(f"nested deeper than {MAX_DEPTH} levels")
+            return
+        if isinstance(value, dict):
+            for key, child in reversed(value.items()):
+                yield (*path, key), key  # keys are strings too
+                stack.append(((*path, key), child))
+        elif isinstance(value, list):
+            stack.extend(((*path, i), child) for i, child in reversed(list(enumerate(value))))
+        else:
+            yield path, value
+
+
+def _refusal(value: Any) -> str | None:
+    if isinstance(value, _Refused):
+        return value.reason
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "contains a NUL character (\\u0000)"
+        if _SURROGATE.search(value):
+            return "contains a lone UTF-16 surrogate (e.g. \\ud800)"
+    return None
+
+
+def _deep_path(raw: bytes | str) -> Path | None:
+    """Where nesting first goes past MAX_DEPTH (only run once parsing already failed)."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    path: list[str | int] = []
+    kinds: list[bytes] = []
+    key: str | int | None = None
+    for m in _TOKEN.finditer(data):
+        tok = m.group()
+        if tok in (b"[", b"{"):
+            if kinds:
+                path.append(key if key is not None else 0)
+            kinds.append(tok)
+            key = 0 if tok == b"[" else None
+            if len(kinds) > MAX_DEPTH:
+                return tuple(path)
+        elif tok in (b"]", b"}"):
+            kinds.pop()
+            key = path.pop() if path else None
+        elif tok == b",":
+            key = key + 1 if kinds and kinds[-1] == b"[" and isinstance(key, int) else None
+        elif tok.startswith(b'"') and kinds and kinds[-1] == b"{" and key is None:
+            key = tok[1:-1].decode("utf-8", "replace")
+    return None
+
+
+def as_item_problem(problem: BodyProblem, data: Any = None, prefix: str = "",
+                    position: int | None = None) -> ItemProblem:
+    """The problem as a batch item problem: `items.<n>.<field>` names item n; others keep their path."""
+    path = list(problem.path or ())
+    custom_id = None
+    if position is None and len(path) >= 2 and path[0] == "items" and isinstance(path[1], int):
+        position = path[1]
+        item = _get(data, ("items", position))
+        path = path[2:]
+    else:
+        item = data if position is not None else None
+    if isinstance(item, dict):
+        cid = item.get("custom_id")
+        custom_id = cid if isinstance(cid, str) and _refusal(cid) is None else None
+    field = ".".join(str(p) for p in path) or ("item" if position is not None else "body")
+    return ItemProblem(position, custom_id, prefix + field, problem.message)
+
+
+def _get(data: Any, path: Path) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def loads_batch_body(raw: bytes | str, prefix: str = "") -> Any:
+    """`loads`, raising BatchRejected (422) with the item and field instead of BodyProblem."""
+    try:
+        return loads(raw)
+    except BodyProblem as exc:
+        raise BatchRejected([as_item_problem(exc, partial(raw), prefix)]) from None
+
+
+def partial(raw: bytes | str) -> Any:
+    """The document without its refused parts, for naming custom_ids (None if it does not parse)."""
+    try:
+        return json.loads(raw, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except (ValueError, RecursionError):
+        return None
