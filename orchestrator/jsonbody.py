@@ -48,11 +48,15 @@ def _constant(text: str) -> _Refused:
 
 
 class BodyProblem(Exception):
-    """Where (a path inside the document, or None for the whole body) and what is wrong."""
+    """Where (a path inside the document, or None for the whole body) and what is wrong.
 
-    def __init__(self, path: Path | None, message: str):
+    `custom_ids` maps the path of each enclosing object to its custom_id, when the document
+    could not be parsed at all (too deep) and so cannot be looked into afterwards.
+    """
+
+    def __init__(self, path: Path | None, message: str, custom_ids: dict[Path, str] | None = None):
         super().__init__(message)
-        self.path, self.message = path, message
+        self.path, self.message, self.custom_ids = path, message, custom_ids or {}
 
 
 def loads(raw: bytes | str) -> Any:
@@ -64,7 +68,8 @@ def loads(raw: bytes | str) -> Any:
     except json.JSONDecodeError as exc:
         raise BodyProblem(None, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
-        raise BodyProblem(_deep_path(raw), f"nested deeper than {MAX_DEPTH} levels") from None
+        path, custom_ids = _deep_path(raw)
+        raise BodyProblem(path, f"nested deeper than {MAX_DEPTH} levels", custom_ids) from None
     except ValueError as exc:  # e.g. int() limits not caught above
         raise BodyProblem(None, f"invalid JSON: {exc}") from None
     check(data)
@@ -108,12 +113,13 @@ def _refusal(value: Any) -> str | None:
     return None
 
 
-def _deep_path(raw: bytes | str) -> Path | None:
-    """Where nesting first goes past MAX_DEPTH (only run once parsing already failed)."""
+def _deep_path(raw: bytes | str) -> tuple[Path | None, dict[Path, str]]:
+    """Where nesting first goes past MAX_DEPTH, and the custom_ids on the way (run only once parsing failed)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     path: list[str | int] = []
-    kinds: list[bytes] = []
-    key: str | int | None = None
+    kinds: list[bytes] = []  # the open containers
+    key: str | int | None = None  # the current key (object) or index (array) of the innermost container
+    custom_ids: dict[Path, str] = {}
     for m in _TOKEN.finditer(data):
         tok = m.group()
         if tok in (b"[", b"{"):
@@ -122,31 +128,33 @@ def _deep_path(raw: bytes | str) -> Path | None:
             kinds.append(tok)
             key = 0 if tok == b"[" else None
             if len(kinds) > MAX_DEPTH:
-                return tuple(path)
+                return tuple(path), custom_ids
         elif tok in (b"]", b"}"):
             kinds.pop()
             key = path.pop() if path else None
         elif tok == b",":
             key = key + 1 if kinds and kinds[-1] == b"[" and isinstance(key, int) else None
-        elif tok.startswith(b'"') and kinds and kinds[-1] == b"{" and key is None:
-            key = tok[1:-1].decode("utf-8", "replace")
-    return None
+        elif tok.startswith(b'"') and kinds and kinds[-1] == b"{":
+            text = tok[1:-1].decode("utf-8", "replace")
+            if key is None:
+                key = text  # an object key
+            elif key == "custom_id":
+                custom_ids[tuple(path)] = text  # its value
+    return None, custom_ids
 
 
 def as_item_problem(problem: BodyProblem, data: Any = None, prefix: str = "",
                     position: int | None = None) -> ItemProblem:
     """The problem as a batch item problem: `items.<n>.<field>` names item n; others keep their path."""
     path = list(problem.path or ())
-    custom_id = None
+    item_path: Path | None = () if position is not None else None  # a JSONL line is the item itself
     if position is None and len(path) >= 2 and path[0] == "items" and isinstance(path[1], int):
-        position = path[1]
-        item = _get(data, ("items", position))
-        path = path[2:]
-    else:
-        item = data if position is not None else None
-    if isinstance(item, dict):
-        cid = item.get("custom_id")
-        custom_id = cid if isinstance(cid, str) and _refusal(cid) is None else None
+        position, item_path, path = path[1], ("items", path[1]), path[2:]
+    cid = None
+    if item_path is not None:
+        item = _get(data, item_path)
+        cid = item.get("custom_id") if isinstance(item, dict) else problem.custom_ids.get(item_path)
+    custom_id = cid if isinstance(cid, str) and _refusal(cid) is None else None
     field = ".".join(str(p) for p in path) or ("item" if position is not None else "body")
     return ItemProblem(position, custom_id, prefix + field, problem.message)
 

@@ -42,10 +42,11 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar, get_args, get_origin
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, jsonify, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
+from orchestrator import jsonbody
 from orchestrator.api.auth import require_key
 from orchestrator.errors import DomainError
 from orchestrator.schemas import Problem
@@ -65,10 +66,9 @@ class InvalidParameters(DomainError):
     type = "https://orchestrator.dev/problems/invalid-parameters"
     title = "Invalid parameters"
 
-    def __init__(self, where: str, exc: ValidationError):
-        errors = [{"position": None, "custom_id": None,
-                   "field": ".".join([where, *(str(p) for p in e["loc"])]),
-                   "message": e["msg"].removeprefix("Value error, ")} for e in exc.errors()]
+    def __init__(self, where: str, problems: Iterable[tuple[tuple[Any, ...], str]]):
+        errors = [{"position": None, "custom_id": None, "field": ".".join([where, *(str(p) for p in loc)]),
+                   "message": message} for loc, message in problems]
         names = ", ".join(e["field"] for e in errors)
         super().__init__(f"invalid {names}", errors=errors, error_count=len(errors))
 
@@ -188,9 +188,14 @@ def _parse_params(model: type[BaseModel], where: str, getlist: Callable[[str], l
             continue
         values[key] = given if _is_list(info.annotation) else given[-1]
     try:
+        jsonbody.check(values)  # NUL characters and the like never reach the database
+    except jsonbody.BodyProblem as exc:
+        raise InvalidParameters(where, [((exc.path or ("?",))[:1], exc.message)]) from None
+    try:
         return model.model_validate(values)
     except ValidationError as exc:
-        raise InvalidParameters(where, exc) from None
+        raise InvalidParameters(where, [(e["loc"], e["msg"].removeprefix("Value error, ")) for e in exc.errors()]) \
+            from None
 
 
 def _is_list(annotation: Any) -> bool:
@@ -339,12 +344,3 @@ def _response_doc(status: int, spec: ResponseSpec, refs: Mapping[Any, Any]) -> d
                 "content": {spec.media_type: _content_doc(spec, refs, "serialization")}}
     return {"description": (spec.__doc__ or "OK").strip().splitlines()[0],
             "content": {"application/json": {"schema": refs[(spec, "serialization")]}}}
-
-
-def problem_response(status: int, detail: str) -> Response:
-    """A problem document for a status, with the standard title (for views that answer one directly)."""
-    resp = jsonify({"type": "about:blank", "title": _TITLES.get(status, "Problem"), "status": status,
-                    "detail": detail})
-    resp.status_code = status
-    resp.mimetype = PROBLEM_JSON
-    return resp
