@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from orchestrator import state
-from orchestrator.db import new_id, utcnow
+from orchestrator.db import iso, new_id, utcnow
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.intake import Plan
 from orchestrator.models import Batch, BatchState, Job, JobEvent, JobState
@@ -174,8 +174,8 @@ def batch_out(batch: Batch) -> BatchOut:
         id=str(batch.id), name=batch.name, lane=batch.lane, state=batch.state.value,
         total=batch.total, counts=batch.counts(), cost=float(batch.cost or 0),
         callback_url=batch.callback_url, metadata=batch.metadata_,
-        created_at=_iso(batch.created_at) or "", started_at=_iso(batch.started_at),
-        completed_at=_iso(batch.completed_at),
+        created_at=iso(batch.created_at) or "", started_at=iso(batch.started_at),
+        completed_at=iso(batch.completed_at),
     )
 
 
@@ -192,7 +192,7 @@ def job_fields(job: Job) -> dict[str, Any]:
         "provider": job.provider, "state": job.state.value, "attempt": job.attempt, "params": job.params,
         "provider_request_id": job.provider_request_id, "error_code": job.error_code,
         "error_message": job.error_message, "cost": float(job.cost) if job.cost is not None else None,
-        "created_at": _iso(job.created_at) or "", "completed_at": _iso(job.completed_at),
+        "created_at": iso(job.created_at) or "", "completed_at": iso(job.completed_at),
     }
 
 
@@ -205,6 +205,3 @@ def job_json(job: Job) -> dict[str, Any]:
     """The public form of a job as JSON data."""
     return job_out(job).model_dump(mode="json")
 
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None

@@ -45,8 +45,36 @@ def new_id() -> uuid.UUID:
 
 
 def as_utc(value: datetime) -> datetime:
-    """SQLite returns naive datetimes for timezone-aware columns; every stored time is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    """The same instant in UTC; a naive value is taken to be UTC already (every stored time is)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """The one wire format for a time: RFC 3339 in UTC with its offset, microseconds always shown."""
+    return as_utc(value).isoformat(timespec="microseconds") if value is not None else None
+
+
+# SQLite has no zone-aware type: store the UTC offset in the text (so the file says what it means) and
+# read values written before the suffix existed too. All values are UTC, so text order is time order.
+_SQLITE_UTC = sqlite.DATETIME(
+    storage_format="%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d+00:00",
+    regexp=r"(\d+)-(\d+)-(\d+) (\d+):(\d+):(\d+)(?:\.(\d+))?")
+
+
+class Timestamp(sa.types.TypeDecorator[datetime]):
+    """`timestamp with time zone` on Postgres, UTC text on SQLite; always an aware UTC datetime in Python."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        return dialect.type_descriptor(_SQLITE_UTC if dialect.name == "sqlite" else sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return as_utc(value) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return as_utc(value) if value is not None else None
 
 
 def upsert_insert(session: Session, table: Any) -> Any:

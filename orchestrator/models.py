@@ -11,9 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from orchestrator.db import Base, JSONType, new_id, utcnow
+from orchestrator.db import Base, JSONType, Timestamp, new_id, utcnow
 
-Timestamp = sa.DateTime(timezone=True)
 Money = sa.Numeric(12, 6)
 
 
@@ -75,10 +74,10 @@ class Batch(Base):
     count_failed: Mapped[int] = mapped_column(default=0)
     count_cancelled: Mapped[int] = mapped_column(default=0)
     cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
-    completed_at: Mapped[datetime | None] = mapped_column(Timestamp)
-    cancel_requested_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    completed_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(Timestamp())
     completion_round: Mapped[int] = mapped_column(default=0)
     notified_round: Mapped[int] = mapped_column(default=0)
 
@@ -115,7 +114,7 @@ class Job(Base):
     # failures in the current round and is reset when a user retries the job.
     attempt: Mapped[int] = mapped_column(default=0)
     retries: Mapped[int] = mapped_column(default=0)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp())
     provider_request_id: Mapped[str | None] = mapped_column(sa.String(120))
     # Provider extras from the submit answer (fal's status/response/cancel URLs).
     provider_meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
@@ -123,17 +122,17 @@ class Job(Base):
     task_id: Mapped[str | None] = mapped_column(sa.String(64))
     # Set (and committed) just before the provider call: the "about to submit" intent. A job in
     # `submitting` with this set may have reached the provider, so it is never resent blindly.
-    submit_started_at: Mapped[datetime | None] = mapped_column(Timestamp)
-    last_polled_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    submit_started_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    last_polled_at: Mapped[datetime | None] = mapped_column(Timestamp())
     callback_token: Mapped[str | None] = mapped_column(sa.String(64))
     error_code: Mapped[str | None] = mapped_column(sa.String(80))
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     cost: Mapped[Decimal | None] = mapped_column(Money)
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-    submitted_at: Mapped[datetime | None] = mapped_column(Timestamp)
-    callback_at: Mapped[datetime | None] = mapped_column(Timestamp)
-    completed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    submitted_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    callback_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    completed_at: Mapped[datetime | None] = mapped_column(Timestamp())
 
 
 class Asset(Base):
@@ -160,8 +159,8 @@ class Asset(Base):
     seed: Mapped[str | None] = mapped_column(sa.String(40))
     nsfw: Mapped[bool | None] = mapped_column()
     cost: Mapped[Decimal | None] = mapped_column(Money)
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-    stored_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    stored_at: Mapped[datetime | None] = mapped_column(Timestamp())
 
 
 class Delivery(Base):
@@ -184,8 +183,8 @@ class Delivery(Base):
     headers: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     body: Mapped[bytes] = mapped_column(sa.LargeBinary)
     duplicates: Mapped[int] = mapped_column(default=0)
-    received_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-    processed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    received_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(Timestamp())
     outcome: Mapped[str | None] = mapped_column(sa.String(200))
 
 
@@ -202,7 +201,7 @@ class JobEvent(Base):
     from_state: Mapped[str | None] = mapped_column(sa.String(24))
     to_state: Mapped[str | None] = mapped_column(sa.String(24))
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
 
 
 class Schedule(Base):
@@ -220,10 +219,10 @@ class Schedule(Base):
     enabled: Mapped[bool] = mapped_column(default=True)
     overlap_policy: Mapped[str] = mapped_column(sa.String(8), default="skip")
     catchup_window_seconds: Mapped[int] = mapped_column(default=3600)
-    next_run_at: Mapped[datetime | None] = mapped_column(Timestamp)
-    last_run_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    next_run_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    last_run_at: Mapped[datetime | None] = mapped_column(Timestamp())
     last_batch_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
 
 
 class ApiKey(Base):
@@ -238,8 +237,8 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(sa.String(16), index=True)
     secret_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     revoked: Mapped[bool] = mapped_column(default=False)
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-    last_used_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(Timestamp())
 
 
 class ProviderAccount(Base):
@@ -253,10 +252,10 @@ class ProviderAccount(Base):
 
     provider: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
     tokens: Mapped[float] = mapped_column(sa.Float, default=0.0)
-    refilled_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-    blocked_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    refilled_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    blocked_until: Mapped[datetime | None] = mapped_column(Timestamp())
     consecutive_failures: Mapped[int] = mapped_column(default=0)
-    breaker_open_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    breaker_open_until: Mapped[datetime | None] = mapped_column(Timestamp())
 
 
 class Heartbeat(Base):
@@ -265,7 +264,7 @@ class Heartbeat(Base):
     __tablename__ = "heartbeats"
 
     name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    seen_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
 
 
 class Counter(Base):

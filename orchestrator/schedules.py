@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
 from orchestrator import batches, intake
-from orchestrator.db import as_utc, utcnow
+from orchestrator.db import as_utc, iso, utcnow
 from orchestrator.errors import BatchRejected, Conflict, ItemProblem, NotFound
 from orchestrator.models import Batch, Schedule
 from orchestrator.state import FINAL_BATCH
@@ -210,8 +210,7 @@ def _previous_running(session: Session, schedule: Schedule) -> bool:
 def schedule_out(schedule: Schedule) -> ScheduleOut:
     """The public form of a schedule."""
     return ScheduleOut(id=str(schedule.id), **as_input(schedule),
-                       next_run_at=schedule.next_run_at.isoformat() if schedule.next_run_at else None,
-                       last_run_at=schedule.last_run_at.isoformat() if schedule.last_run_at else None,
+                       next_run_at=iso(schedule.next_run_at), last_run_at=iso(schedule.last_run_at),
                        last_batch_id=str(schedule.last_batch_id) if schedule.last_batch_id else None)
 
 

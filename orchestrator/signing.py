@@ -1,8 +1,9 @@
 """Standard Webhooks signatures for the batch.completed callbacks we send to clients.
 
 Spec: https://www.standardwebhooks.com/ — headers `webhook-id`, `webhook-timestamp`,
-`webhook-signature: v1,<base64 HMAC-SHA256(secret, id.timestamp.body)>`. Each tenant gets a
-signing secret derived from ORCH_SECRET_KEY, shown by `GET /v1/callback-secret`.
+`webhook-signature: v1,<base64 HMAC-SHA256(secret, id.timestamp.body)>`. The signature itself
+comes from the `standardwebhooks` library, the one clients verify with, so the two cannot drift.
+Each tenant gets a signing secret derived from ORCH_SECRET_KEY, shown by `GET /v1/callback-secret`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from datetime import datetime
+
+from standardwebhooks import Webhook
+
+from orchestrator.db import as_utc
 
 
 def tenant_secret(secret_key: str, tenant: str) -> str:
@@ -18,14 +24,8 @@ def tenant_secret(secret_key: str, tenant: str) -> str:
     return "whsec_" + base64.b64encode(raw).decode()
 
 
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header value."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
-
-
-def headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def headers(secret: str, msg_id: str, at: datetime, body: bytes) -> dict[str, str]:
     """All three Standard Webhooks headers plus the content type."""
-    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secret, msg_id, timestamp, body), "content-type": "application/json"}
+    at = as_utc(at)  # the library reads the wall clock as UTC, so give it UTC
+    return {"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())),
+            "webhook-signature": Webhook(secret).sign(msg_id, at, body.decode()), "content-type": "application/json"}

@@ -118,6 +118,10 @@ def test_jsonl_and_csv_then_status(stack: Stack, key: str, tmp_path: Path) -> No
     assert re.search(r"state:\s+succeeded", one) and re.search(r"name:\s+lines", one)
     table = cli(stack, key, "status").output
     assert batch_id(jsonl) in table and batch_id(catalog) in table and "3/3" in table
+    # Times are printed as the API sends them: RFC 3339 in UTC, offset included (not a bare local-looking time).
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00"
+    assert re.search(rf"created:\s+{stamp}", one) and re.search(rf"completed:\s+{stamp}", one)
+    assert len(re.findall(stamp, table)) >= 2
 
 
 def test_partial_failure_exits_1_then_retry(stack: Stack, key: str, tmp_path: Path) -> None:

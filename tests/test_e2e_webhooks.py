@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from typing import Any
 
@@ -191,6 +192,11 @@ def test_client_callback_is_signed_and_sent_once(make_stack: StackFactory, sessi
         secret = client.get("/v1/callback-secret").json()["secret"]
         event = Webhook(secret).verify(raw, headers)
         assert event["type"] == "batch.completed" and event["data"]["id"] == batch["id"]
+        # Standard Webhooks' payload timestamp is RFC 3339, like every time we send; the link is absolute.
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", event["timestamp"])
+        assert event["data"]["completed_at"].endswith("+00:00")
+        assert event["data"]["results_url"] == f"{stack.api_url}/v1/batches/{batch['id']}/results"
+        assert client.get(event["data"]["results_url"]).status_code == 200
         assert event["data"]["counts"] == {**event["data"]["counts"], "succeeded": 1, "failed": 1}
         with pytest.raises(Exception):
             Webhook(secret).verify(raw.replace(b"partially_failed", b"succeeded"), headers)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 
 import httpx
 from celery import shared_task
 
 from orchestrator import batches, queue, signing
+from orchestrator.db import iso, utcnow
 from orchestrator.models import Batch
 from orchestrator.redact import redact_url
 from workers.context import Context, ctx
@@ -44,13 +44,14 @@ def notify(c: Context, batch_id: uuid.UUID) -> str:
             batch.notified_round = batch.completion_round
             return "no callback url"
         url, rnd, tenant = batch.callback_url, batch.completion_round, batch.tenant
-        payload = {"type": "batch.completed", "timestamp": int(time.time()),
-                   "data": {**batches.batch_json(batch), "results_url": f"/v1/batches/{batch.id}/results"}}
+        results_url = f"{c.settings.public_url.rstrip('/')}/v1/batches/{batch.id}/results"
+        payload = {"type": "batch.completed", "timestamp": iso(utcnow()),
+                   "data": {**batches.batch_json(batch), "results_url": results_url}}
     body = json.dumps(payload, separators=(",", ":")).encode()
     msg_id = f"msg_{batch_id.hex}_{rnd}"
     secret = signing.tenant_secret(c.settings.resolved_secret_key(), tenant)
     try:
-        resp = c.http.post(url, content=body, headers=signing.headers(secret, msg_id, int(time.time()), body),
+        resp = c.http.post(url, content=body, headers=signing.headers(secret, msg_id, utcnow(), body),
                            timeout=httpx.Timeout(15.0, connect=5.0), follow_redirects=False)
     except httpx.HTTPError as exc:
         raise CallbackFailed(f"{redact_url(url)}: {type(exc).__name__}") from None

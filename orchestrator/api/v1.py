@@ -13,6 +13,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from orchestrator import batches, catalog, intake, queue, state
 from orchestrator.api.context import db, services
 from orchestrator.api.spec import Body, Content, document, operation
+from orchestrator.db import iso
 from orchestrator.log import bind
 from orchestrator.schemas import (
     BatchHeaders,
@@ -118,7 +119,7 @@ def get_job(job_id: uuid.UUID) -> JobDetail:
     """One job with its timeline."""
     job = batches.get_job(db(), g.tenant, job_id)
     events = [JobEventOut(kind=e.kind, attempt=e.attempt, from_=e.from_state, to=e.to_state, detail=e.detail,
-                          at=e.created_at.isoformat()) for e in batches.job_events(db(), job.id)]
+                          at=iso(e.created_at) or "") for e in batches.job_events(db(), job.id)]
     return JobDetail(**batches.job_fields(job), events=events)
 
 

@@ -408,14 +408,14 @@ def show_table(batches: list[dict[str, Any]]) -> None:
     if not batches:
         click.echo("no batches yet")
         return
-    click.echo(f"{'ID':<36}  {'STATE':<16}  {'DONE':>11}  {'FAILED':>6}  {'COST':>9}  {'CREATED':<19}  NAME")
+    click.echo(f"{'ID':<36}  {'STATE':<16}  {'DONE':>11}  {'FAILED':>6}  {'COST':>9}  {'CREATED':<32}  NAME")
     for b in batches:
         counts = b.get("counts") or {}
         done = sum(counts.get(s, 0) for s in DONE_JOB_STATES)
-        created = str(b.get("created_at") or "")[:19].replace("T", " ")
+        created = str(b.get("created_at") or "")
         progress = f"{done}/{b.get('total', 0)}"
         click.echo(f"{b.get('id', ''):<36}  {b.get('state', ''):<16}  {progress:>11}  "
-                   f"{counts.get('failed', 0):>6}  {b.get('cost') or 0:>9.4f}  {created:<19}  {b.get('name') or ''}")
+                   f"{counts.get('failed', 0):>6}  {b.get('cost') or 0:>9.4f}  {created:<32}  {b.get('name') or ''}")
 
 
 @click.command("status")
