@@ -6,6 +6,8 @@ import json
 import os
 import re
 import signal
+import site
+import socket
 import subprocess
 import sys
 import time
@@ -26,13 +28,30 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A virtualenv with the project installed from a freshly built wheel (not the source tree)."""
     base = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(base), str(ROOT)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=_installed_env())
     venv = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    see_these_packages(venv / "bin" / "python")
     wheel = next(base.glob("*.whl"))
-    subprocess.run([str(venv / "bin" / "pip"), "install", "--no-deps", "-q", str(wheel)], check=True,
-                   capture_output=True)
+    # --ignore-installed: the running interpreter may hold an (editable) install of the same version,
+    # which pip would otherwise call "already installed" and skip, leaving no `orchestrator` script.
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q",
+                    str(wheel)], check=True, capture_output=True, env=_installed_env())
     return venv / "bin" / "orchestrator"
+
+
+def see_these_packages(python: Path) -> None:
+    """Let a new venv import the dependencies this interpreter has, wherever they are installed.
+
+    `venv --system-site-packages` would hand it the *base* interpreter's packages, which are not
+    this interpreter's when the tests run inside a virtualenv (the README's first command leads
+    there). A .pth line per site directory works the same from a venv and from the system Python;
+    the venv's own site-packages still comes first, so the wheel installed there wins.
+    """
+    dirs = [d for d in [*site.getsitepackages(), site.getusersitepackages()] if Path(d).is_dir()]
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    (Path(purelib) / "_tests_outer_site.pth").write_text("\n".join(dirs) + "\n")
 
 
 def _env() -> dict[str, str]:
@@ -40,8 +59,13 @@ def _env() -> dict[str, str]:
             if not k.startswith("ORCH_") and k not in ("FAL_KEY", "RUNWARE_API_KEY")}
 
 
+def _installed_env() -> dict[str, str]:
+    # No PYTHONPATH: a checkout on it would shadow the installed package this test is about.
+    return {k: v for k, v in _env().items() if k != "PYTHONPATH"}
+
+
 def test_demo_from_the_installed_package(installed: Path, tmp_path: Path) -> None:
-    run = subprocess.run([str(installed), "demo", "--prompts", "4", "--seeds", "3"], cwd=tmp_path, env=_env(),
+    run = subprocess.run([str(installed), "demo", "--prompts", "4", "--seeds", "3"], cwd=tmp_path, env=_installed_env(),
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout + run.stderr
     out = tmp_path / "orchestrator-demo"
@@ -53,18 +77,20 @@ def test_demo_from_the_installed_package(installed: Path, tmp_path: Path) -> Non
     assert "succeeded" in run.stdout and "p95" in run.stdout
     assert str(out / "contact-sheet.png") in run.stdout or "contact-sheet.png" in run.stdout
     # the installed package, not this checkout, ran the demo
-    assert "site-packages" in subprocess.run([str(installed.parent / "python"), "-c",
-                                              "import orchestrator; print(orchestrator.__file__)"],
-                                             cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    probe = "import orchestrator; print(orchestrator.__file__)"
+    where = subprocess.run([str(installed.parent / "python"), "-c", probe], cwd=tmp_path, capture_output=True,
+                           text=True, check=True, env=_installed_env()).stdout
+    assert where.startswith(str(installed.parent.parent)) and "site-packages" in where, where
 
 
-def _start_up(data: Path, port: int) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up", "--port", str(port),
-                             "--data-dir", str(data)], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def _start_up(data: Path, ports: tuple[int, ...]) -> tuple[subprocess.Popen[str], str, str]:
+    args = ["up", "--port", str(ports[0]), "--fal-port", str(ports[1]), "--runware-port", str(ports[2])]
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args, "--data-dir", str(data)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     seen = ""
-    deadline = time.monotonic() + 90
+    # Wait for the line that says it is ready (or for the process to end), however long a loaded machine takes.
+    deadline = time.monotonic() + 240
     while "ready;" not in seen and time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line and proc.poll() is not None:
@@ -72,37 +98,78 @@ def _start_up(data: Path, port: int) -> tuple[subprocess.Popen[str], str]:
         seen += line
     match = re.search(r"ORCH_API_KEY=(\S+)", seen)
     assert match, seen
-    return proc, match.group(1)
+    return proc, match.group(1), seen
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, out
     return out
 
 
+def _free_ports(n: int) -> tuple[int, ...]:
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return tuple(ports)
+
+
 def test_up_serves_stops_on_sigint_and_keeps_data(tmp_path: Path) -> None:
-    port = free_port()
+    ports = _free_ports(3)
     data = tmp_path / "data"
-    proc, key = _start_up(data, port)
-    api = f"http://127.0.0.1:{port}"
+    proc, key, banner = _start_up(data, ports)
+    api = f"http://127.0.0.1:{ports[0]}"
     try:
-        assert httpx.get(f"{api}/readyz").status_code == 200
+        # Every address it serves is printed, on exactly the ports asked for.
+        for url in (api, f"{api}/v1/openapi.json", f"{api}/metrics", f"http://127.0.0.1:{ports[1]}",
+                    f"http://127.0.0.1:{ports[2]}/v1", f"export ORCH_API_URL={api}"):
+            assert url in banner, banner
+        assert httpx.get(f"{api}/readyz", timeout=30).status_code == 200
         headers = {"Authorization": f"Bearer {key}"}
-        batch = httpx.post(f"{api}/v1/batches", headers=headers,
+        batch = httpx.post(f"{api}/v1/batches", headers=headers, timeout=30,
                            json={"items": [{"model": "flux-schnell", "prompt": "a lighthouse"}]}).json()
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{api}/v1/batches/{batch['id']}", headers=headers).json()["state"] != "succeeded":
+        deadline = time.monotonic() + 180
+        while httpx.get(f"{api}/v1/batches/{batch['id']}", headers=headers, timeout=30).json()["state"] != "succeeded":
             assert time.monotonic() < deadline
             time.sleep(0.3)
     finally:
         out = _stop(proc)
     assert "stopped" in out
-    proc, key_again = _start_up(data, port)  # a restart keeps the database and the key
+    # A restart keeps the database, the key and the very same ports (connections of the first run
+    # may still sit in TIME_WAIT; that must not move the API elsewhere).
+    proc, key_again, banner = _start_up(data, ports)
     try:
-        assert key_again == key
-        listed = httpx.get(f"{api}/v1/batches", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+        assert key_again == key and f"export ORCH_API_URL={api}" in banner
+        listed = httpx.get(f"{api}/v1/batches", headers={"Authorization": f"Bearer {key}"}, timeout=30).json()["data"]
         assert [b["id"] for b in listed] == [batch["id"]] and listed[0]["state"] == "succeeded"
     finally:
         _stop(proc)
+
+
+@pytest.mark.parametrize(("option", "env", "index", "how"), [
+    ("--port", "ORCH_API_PORT", 0, "option"), ("--port", "ORCH_API_PORT", 0, "env"),
+    ("--fal-port", "ORCH_FAL_PORT", 1, "option"), ("--runware-port", "ORCH_RUNWARE_PORT", 2, "env")])
+def test_up_refuses_a_taken_port_by_name(tmp_path: Path, option: str, env: str, index: int, how: str) -> None:
+    ports = list(_free_ports(3))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        ports[index] = squatter.getsockname()[1]
+        names = ("--port", "--fal-port", "--runware-port")
+        args = [a for i, name in enumerate(names) if i != index for a in (name, str(ports[i]))]
+        extra = {env: str(ports[index])} if how == "env" else {}
+        if how == "option":
+            args += [option, str(ports[index])]
+        run = subprocess.run([sys.executable, "-m", "orchestrator.cli", "up", *args, "--data-dir", str(tmp_path)],
+                             env={**_env(), **extra}, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"port {ports[index]} on 127.0.0.1 is already in use ({option} / {env})" in run.stderr
+    assert "Traceback" not in run.stderr and "ready;" not in run.stdout
+
+
+def test_up_refuses_one_port_for_two_servers(tmp_path: Path) -> None:
+    port = str(free_port())
+    run = subprocess.run([sys.executable, "-m", "orchestrator.cli", "up", "--port", port, "--fal-port", port,
+                          "--data-dir", str(tmp_path)], env=_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and f"--port and --fal-port are both {port}" in run.stderr, run.stderr

@@ -6,6 +6,7 @@ import shutil
 import signal
 import statistics
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,9 @@ from typing import Any
 import click
 
 from orchestrator.cli.admin import new_key
-from orchestrator.cli.client import Api, fetch_manifest, follow, save_results
-from orchestrator.cli.embedded import EmbeddedStack, default_port
-from orchestrator.netutil import free_port
+from orchestrator.cli.client import Api, CliError, fetch_manifest, follow, save_results
+from orchestrator.cli.embedded import EmbeddedStack
+from orchestrator.netutil import free_port, port_is_free
 
 SUBJECTS = ["a lighthouse on a cliff", "a koi pond at dawn", "a neon ramen stall", "a desert caravan",
             "a glass greenhouse", "a paper lantern festival", "an alpine cabin in snow", "a coral reef",
@@ -108,32 +109,56 @@ def _pct(values: list[float], pct: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
+# Each `up` port: (parameter, option, environment variable, default). Chosen ports never move:
+# an exported ORCH_API_URL must keep pointing at the API after a restart.
+UP_PORTS = (("port", "--port", "ORCH_API_PORT", 8000), ("fal_port", "--fal-port", "ORCH_FAL_PORT", 8101),
+            ("runware_port", "--runware-port", "ORCH_RUNWARE_PORT", 8102))
+
+
+def check_ports(ports: dict[str, int]) -> None:
+    """Fail with the port and the option to change when a chosen port is taken or given twice."""
+    seen: dict[int, str] = {}
+    for name, option, env, _ in UP_PORTS:
+        port = ports[name]
+        if port in seen:
+            raise CliError(f"{seen[port]} and {option} are both {port}; give each its own port")
+        seen[port] = option
+        if not port_is_free(port):
+            other = port + 10 if port_is_free(port + 10) else free_port()
+            raise CliError(f"port {port} on 127.0.0.1 is already in use ({option} / {env}); stop what listens "
+                           f"there or choose another port, e.g. orchestrator up {option} {other}")
+
+
+def _port_option(name: str, option: str, env: str, default: int, what: str) -> Callable[..., Any]:
+    return click.option(option, name, type=click.IntRange(1, 65535), envvar=env, default=default, show_default=True,
+                        help=f"{what} port; fails if taken [env {env}]")
+
+
 @click.command("up")
-@click.option("--port", type=int, default=8000, show_default=True, help="API port (next free one if taken)")
+@_port_option(*UP_PORTS[0], "API")
+@_port_option(*UP_PORTS[1], "fal sandbox")
+@_port_option(*UP_PORTS[2], "Runware sandbox")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="defaults to ORCH_DATA_DIR (.orchestrator)")
-def up(port: int, data_dir: Path | None) -> None:
+def up(port: int, fal_port: int, runware_port: int, data_dir: Path | None) -> None:
     """Run the embedded stack until Ctrl-C: API, worker, scheduler and both sandboxes."""
     from orchestrator.settings import get_settings
 
+    check_ports({"port": port, "fal_port": fal_port, "runware_port": runware_port})
     data_dir = data_dir or get_settings().data_dir
-    stack = EmbeddedStack(data_dir=data_dir, api_port=default_port(port), fal_port=default_port(8101),
-                          runware_port=default_port(8102))
+    stack = EmbeddedStack(data_dir=data_dir, api_port=port, fal_port=fal_port, runware_port=runware_port)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     try:
-        stack.start()
+        try:
+            stack.start()
+        except (OSError, RuntimeError) as exc:  # a port taken between the check and the bind
+            cause = exc.__cause__ or exc
+            raise CliError(f"the embedded stack could not start: {cause}") from None
         stack.wait_ready()
         key = _stored_key(stack)
-        assert stack.fal is not None and stack.runware is not None
-        click.echo(f"API            {stack.api_url}  (OpenAPI: {stack.api_url}/v1/openapi.json)")
-        click.echo(f"metrics        {stack.api_url}/metrics")
-        click.echo(f"fal sandbox    {stack.fal.url}")
-        click.echo(f"Runware sandbox {stack.runware.url}/v1")
-        click.echo(f"data           {data_dir.resolve()}")
-        click.echo(f"\nexport ORCH_API_URL={stack.api_url}\nexport ORCH_API_KEY={key}")
-        click.echo("\nready; Ctrl-C stops everything (your data stays in the data directory)")
+        print_urls(stack, data_dir, key)
         while not stopping.wait(0.5):
             if stack.worker is not None and stack.worker.poll() is not None:
                 raise click.ClickException(f"the worker exited; see {data_dir / 'worker.log'}")
@@ -141,6 +166,19 @@ def up(port: int, data_dir: Path | None) -> None:
         click.echo("stopping ...")
         stack.stop()
     click.echo("stopped")
+
+
+def print_urls(stack: EmbeddedStack, data_dir: Path, key: str) -> None:
+    """Every address `up` serves, and the two exports the client commands need."""
+    assert stack.fal is not None and stack.runware is not None
+    rows = [("API", stack.api_url), ("OpenAPI", f"{stack.api_url}/v1/openapi.json"),
+            ("health", f"{stack.api_url}/readyz"), ("metrics", f"{stack.api_url}/metrics"),
+            ("fal sandbox", stack.fal.url), ("Runware sandbox", f"{stack.runware.url}/v1"),
+            ("data", str(data_dir.resolve()))]
+    for name, value in rows:
+        click.echo(f"{name:<16}{value}")
+    click.echo(f"\nexport ORCH_API_URL={stack.api_url}\nexport ORCH_API_KEY={key}")
+    click.echo("\nready; Ctrl-C stops everything (your data stays in the data directory)")
 
 
 def _stored_key(stack: EmbeddedStack) -> str:

@@ -20,7 +20,6 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from orchestrator.netutil import free_port
 from orchestrator.sandbox.config import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalConfig, RunwareConfig
 from orchestrator.sandbox.fal import FalSandbox
 from orchestrator.sandbox.faults import Faults
@@ -124,14 +123,3 @@ class EmbeddedStack:
             time.sleep(0.2)
         raise RuntimeError(f"the stack did not become ready in {timeout:.0f}s; see {self.data_dir / 'worker.log'}")
 
-
-def default_port(preferred: int) -> int:
-    """`preferred` if free, else any free port below 32768."""
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            return free_port()
