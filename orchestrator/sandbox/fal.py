@@ -22,7 +22,7 @@ from orchestrator.sandbox.faults import Faults
 from orchestrator.sandbox.ids import new_uuid
 from orchestrator.sandbox.images import ImageSpec
 from orchestrator.sandbox.ledger import key_label
-from orchestrator.sandbox.server import BaseSandbox, hang_up
+from orchestrator.sandbox.server import BaseSandbox
 from orchestrator.sandbox.webhooks import Delivery
 
 _REQUEST_PATH = re.compile(r"^(?P<app>.+?)/requests/(?P<id>[^/]+)(?P<tail>/status|/status/stream|/response)?$")
@@ -108,7 +108,7 @@ class FalSandbox(BaseSandbox):
         hanging = await self.submit_stall(request, faults)
         if hanging and not faults.submit_timeout_accepts:
             self._record_submit(endpoint, key, None, None, outcome="timeout")
-            hang_up(request)
+            await self.lose_answer(request, faults)
         injected = None if hanging else self.roll_submit_error(faults, (429, 500, 502, 503, 504))
         if injected is not None:
             self._record_submit(endpoint, key, None, None, outcome="rejected", http_status=injected)
@@ -125,9 +125,10 @@ class FalSandbox(BaseSandbox):
         if priority not in ("normal", "low"):
             return fal_http.detail(400, "X-Fal-Queue-Priority must be 'normal' or 'low'")
         fal_request, position = self._enqueue(endpoint, key, payload, request, priority)
-        self._record_submit(endpoint, key, payload, fal_request, outcome="accepted", http_status=200)
+        lost = {"answer_lost": True} if hanging else {}
+        self._record_submit(endpoint, key, payload, fal_request, outcome="accepted", http_status=200, **lost)
         if hanging:
-            hang_up(request)
+            await self.lose_answer(request, faults)
         body = {
             **self._urls(fal_request),
             "status": IN_QUEUE,

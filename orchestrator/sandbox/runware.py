@@ -18,7 +18,7 @@ from orchestrator.sandbox.ids import new_uuid
 from orchestrator.sandbox.images import ImageSpec
 from orchestrator.sandbox.ledger import key_label
 from orchestrator.sandbox.runware_tasks import ImageTask, TaskError, cost, task_error, validate_image_task
-from orchestrator.sandbox.server import BaseSandbox, hang_up, retry_after
+from orchestrator.sandbox.server import BaseSandbox, retry_after
 from orchestrator.sandbox.webhooks import Delivery
 
 INVALID_KEY = "Invalid API key. Get one at https://my.runware.ai/signup"
@@ -107,15 +107,15 @@ class RunwareSandbox(BaseSandbox):
             if hanging and not faults.submit_timeout_accepts:
                 for task in image_tasks:
                     self._record(task, key, outcome="timeout")
-                hang_up(request)
+                await self.lose_answer(request, faults)
             rejection = None if hanging else self._inject_rejection(image_tasks, key, faults)
             if rejection is not None:
                 return rejection
         elif self.dice.chance(faults.poll_500_rate) and _has_poll(tasks):
             return _respond([], [task_error("internalServerError", "Internal server error.", None, http=500)])
-        outcomes = await asyncio.gather(*(self._dispatch(task, key) for task in tasks))
-        if hanging:
-            hang_up(request)
+        outcomes = await asyncio.gather(*(self._dispatch(task, key, answer_lost=hanging) for task in tasks))
+        if hanging:  # the tasks are known to getResponse while the answer is held back
+            await self.lose_answer(request, faults)
         data = [item for items, _ in outcomes for item in items]
         errors = [err for _, errs in outcomes for err in errs]
         return _respond(data, errors)
@@ -140,12 +140,13 @@ class RunwareSandbox(BaseSandbox):
         headers = {"Retry-After": retry_after(faults)} if status in (429, 503) else None
         return _respond([], errors, headers)
 
-    async def _dispatch(self, task: Any, key: str) -> tuple[list[dict[str, Any]], list[TaskError]]:
+    async def _dispatch(self, task: Any, key: str, answer_lost: bool = False
+                        ) -> tuple[list[dict[str, Any]], list[TaskError]]:
         if not isinstance(task, dict):
             return [], [task_error("invalidTask", "Each task must be a JSON object.", None)]
         task_type = task.get("taskType")
         if task_type == "imageInference":
-            return await self._image_inference(task, key)
+            return await self._image_inference(task, key, answer_lost)
         if task_type == "getResponse":
             return self._get_response(task, key)
         if task_type == "ping":
@@ -155,7 +156,8 @@ class RunwareSandbox(BaseSandbox):
 
     # -- imageInference ----------------------------------------------------------------------------------------
 
-    async def _image_inference(self, task: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], list[TaskError]]:
+    async def _image_inference(self, task: dict[str, Any], key: str, answer_lost: bool = False
+                               ) -> tuple[list[dict[str, Any]], list[TaskError]]:
         checked = validate_image_task(task, self.config)
         if isinstance(checked, list):
             self._record(task, key, outcome="rejected", http_status=400)
@@ -165,7 +167,7 @@ class RunwareSandbox(BaseSandbox):
             self._record(task, key, outcome="rejected", http_status=refused.http)
             return [], [refused]
         job = self._start_job(checked, key)
-        self._record(task, key, outcome="accepted", http_status=200)
+        self._record(task, key, outcome="accepted", http_status=200, **({"answer_lost": True} if answer_lost else {}))
         if checked.delivery == "async":
             return [job.ref], []
         try:

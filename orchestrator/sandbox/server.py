@@ -211,13 +211,20 @@ class BaseSandbox:
         return status
 
     async def submit_stall(self, request: web.Request, faults: Faults) -> bool:
-        """Apply slow/timeout submit faults; True means: hang up without answering after processing."""
+        """Apply the slow-submit fault; True means this submit's answer will be lost (see `lose_answer`).
+
+        With `submit_timeout_accepts` the caller takes the task first and only then holds the
+        answer back: like the real services, the sandbox knows an accepted task (status,
+        getResponse) while the client is still waiting for an answer that never comes.
+        """
         if self.dice.chance(faults.submit_slow_rate):
             await asyncio.sleep(faults.submit_slow_seconds)
-        if not self.dice.chance(faults.submit_timeout_rate):
-            return False
+        return self.dice.chance(faults.submit_timeout_rate)
+
+    async def lose_answer(self, request: web.Request, faults: Faults) -> NoReturn:
+        """Hold the submit for `submit_timeout_seconds`, then drop the connection without an answer."""
         await asyncio.sleep(faults.submit_timeout_seconds)
-        return True
+        hang_up(request)
 
     # -- media ---------------------------------------------------------------------------------------------
 

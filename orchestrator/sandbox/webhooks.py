@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -93,6 +94,10 @@ class WebhookSender:
                 copies, concurrent = 1 + faults.webhook_duplicates, faults.webhook_duplicate_concurrent
             if self.dice.chance(faults.webhook_delay_rate):
                 delay = faults.webhook_delay_seconds
+            # Mark injected faults on the ledger entries, so a chaos audit can count them.
+            marks = {"duplicated": copies > 1, "delayed": delay > 0, "reordered": faults.webhook_reorder_window > 0}
+            if any(marks.values()):
+                delivery = dataclasses.replace(delivery, ref={**delivery.ref, **{k: v for k, v in marks.items() if v}})
 
         def job() -> Coroutine[Any, Any, None]:
             return self._run_copies(delivery, copies, concurrent, delay, first)

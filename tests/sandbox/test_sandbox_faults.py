@@ -131,6 +131,39 @@ def test_runware_submit_timeout(runware: RunwareSandbox) -> None:
         httpx.post(runware.api_url, json=[rw_task()], headers=RW_AUTH)
 
 
+def test_runware_knows_an_accepted_task_while_its_answer_is_held(runware: RunwareSandbox) -> None:
+    # Like the real service, a task whose submit answer is lost is already known to getResponse.
+    runware.set_faults(submit_timeout_rate=1.0, submit_timeout_seconds=3.0, submit_timeout_accepts=True,
+                       latency_min=2.0, latency_max=2.0)
+    task = rw_task()
+    with httpx.Client(timeout=10) as client:
+        import threading
+
+        failed: list[BaseException] = []
+
+        def submit() -> None:
+            try:
+                client.post(runware.api_url, json=[task], headers=RW_AUTH)
+            except httpx.HTTPError as exc:
+                failed.append(exc)
+
+        worker = threading.Thread(target=submit)
+        worker.start()
+        deadline = time.monotonic() + 2.5
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            poll = [{"taskType": "getResponse", "taskUUID": task["taskUUID"]}]
+            body = httpx.post(runware.api_url, json=poll, headers=RW_AUTH).json()
+            if body.get("data"):
+                break
+            time.sleep(0.05)
+        assert worker.is_alive()  # the submit is still waiting for its answer...
+        assert body["data"][0]["status"] == "processing"  # ...and the task is known, still processing
+        worker.join()
+    assert failed and isinstance(failed[0], httpx.RemoteProtocolError)
+    assert [s.get("answer_lost") for s in runware.ledger.submissions] == [True]
+
+
 def test_poll_errors_look_like_ingress_503(fal: FalSandbox) -> None:
     request_id = fal_submit(fal).json()["request_id"]
     fal.set_faults(poll_500_rate=1.0)
