@@ -162,13 +162,13 @@ def retry_or_fail(c: Context, session: sa.orm.Session, job: Job, exc: ProviderEr
 
 
 def requeue(c: Context, session: sa.orm.Session, job: Job, reason: str, delay: float,
-            detail: dict[str, object], *, count: bool = True) -> str:
+            detail: dict[str, object], *, count: bool = True, kind: str = "retry_scheduled") -> str:
     """Put a job back in the queue after `delay` seconds, with the reason on its timeline."""
     values: dict[str, object] = {"next_attempt_at": utcnow() + timedelta(seconds=delay),
                                  "submit_started_at": None}
     if count:
         values["retries"] = job.retries + 1
-    moved = state.transition(session, job.id, JobState.queued, kind="retry_scheduled", reason=reason,
+    moved = state.transition(session, job.id, JobState.queued, kind=kind, reason=reason,
                              detail={**detail, "delay_seconds": round(delay, 2)}, values=values)
     if moved.applied:
         c.publisher.after_commit(session, queue.DISPATCH, job.provider, countdown=min(MAX_COUNTDOWN, delay))

@@ -98,8 +98,10 @@ def _settle_unknown(c: Context, now: datetime) -> int:
         with c.session() as session:
             job = session.get(Job, job_id)
             if job is not None and job.state is JobState.submitting:
+                # A resubmission after an unknown outcome may pay twice: its own timeline kind,
+                # with the policy that allowed it, so audits count it apart from true duplicates.
                 settled += requeue(c, session, job, "submit outcome unknown and no callback arrived", 0.0,
-                                   {}) == "requeued"
+                                   {"policy": "resubmit"}, kind="unknown_outcome_resubmit") == "requeued"
     return settled
 
 
