@@ -6,7 +6,10 @@ import base64
 import json
 import secrets
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,52 +19,109 @@ from orchestrator import state
 from orchestrator.db import iso, new_id, utcnow
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.intake import Plan
-from orchestrator.models import Batch, BatchState, Job, JobEvent, JobState
+from orchestrator.models import Asset, Batch, BatchState, Job, JobEvent, JobState
 from orchestrator.schemas import BatchOut, JobOut
 
 PAGE_MAX = 500
 
 
+@dataclass(frozen=True)
+class Extras:
+    """What a catalog diff adds to a new batch (see orchestrator.catalog_runs)."""
+
+    # position -> {"catalog", "row", "content_key", "keys"}: the job's catalog identity.
+    catalog_refs: Mapping[int, dict[str, Any]] = field(default_factory=dict)
+    # position -> stored images to reuse: such jobs are written already succeeded, never sent.
+    reused: Mapping[int, list[dict[str, Any]]] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+
+
 def create_batch(session: Session, tenant: str, plan: Plan, *, idempotency_key: str | None,
-                 request_hash: str | None) -> tuple[Batch, bool]:
+                 request_hash: str | None, extras: Extras | None = None) -> tuple[Batch, bool]:
     """Insert a batch and all its jobs; return (batch, created). Replays an idempotent request."""
-    if idempotency_key:
-        existing = session.execute(sa.select(Batch).where(
-            Batch.tenant == tenant, Batch.idempotency_key == idempotency_key)).scalar_one_or_none()
-        if existing is not None:
-            if existing.request_hash != request_hash:
-                raise Conflict("this Idempotency-Key was already used with a different request body",
-                               batch_id=str(existing.id))
-            return existing, False
+    existing = find_replay(session, tenant, idempotency_key, request_hash)
+    if existing is not None:
+        return existing, False
+    return insert_batch(session, tenant, plan, idempotency_key=idempotency_key, request_hash=request_hash,
+                        extras=extras), True
+
+
+def find_replay(session: Session, tenant: str, idempotency_key: str | None,
+                request_hash: str | None) -> Batch | None:
+    """The batch an idempotency key already created (Conflict if it was for another body)."""
+    if not idempotency_key:
+        return None
+    existing = session.execute(sa.select(Batch).where(
+        Batch.tenant == tenant, Batch.idempotency_key == idempotency_key)).scalar_one_or_none()
+    if existing is not None and existing.request_hash != request_hash:
+        raise Conflict("this Idempotency-Key was already used with a different request body",
+                       batch_id=str(existing.id))
+    return existing
+
+
+def insert_batch(session: Session, tenant: str, plan: Plan, *, idempotency_key: str | None,
+                 request_hash: str | None, extras: Extras | None = None) -> Batch:
+    """Write a new batch and its jobs in the caller's transaction."""
+    extras = extras or Extras()
     req = plan.request
     now = utcnow()
+    reused = len(extras.reused)
     batch = Batch(id=new_id(), tenant=tenant, name=req.name, lane=req.lane,
                   callback_url=str(req.callback_url) if req.callback_url else None,
                   metadata_=req.metadata, idempotency_key=idempotency_key, request_hash=request_hash,
-                  total=len(plan.jobs), count_queued=len(plan.jobs), state=BatchState.queued, created_at=now)
+                  total=len(plan.jobs), count_queued=len(plan.jobs) - reused, count_succeeded=reused,
+                  state=BatchState.queued, created_at=now, catalog_summary=extras.summary)
     session.add(batch)
     session.flush()
-    insert_jobs(session, batch, plan, now)
-    return batch, True
+    insert_jobs(session, batch, plan, now, extras)
+    if reused:
+        # Starts the batch, and finishes it at once when every row was unchanged.
+        state.shift_counts(session, batch.id, {}, now=now)
+    return batch
 
 
-def job_rows(batch: Batch, plan: Plan, now: datetime) -> list[dict[str, Any]]:
+def job_rows(batch: Batch, plan: Plan, now: datetime, extras: Extras | None = None) -> list[dict[str, Any]]:
     """The `jobs` rows of a new batch, keyed by column attribute (also used by bench/intake.py)."""
-    return [
-        {"id": new_id(), "batch_id": batch.id, "tenant": batch.tenant, "position": j.position,
-         "custom_id": j.custom_id, "lane": batch.lane, "requested_model": j.requested_model,
-         "provider": j.provider, "model": j.model, "params": j.params, "num_images": j.num_images,
-         "state": JobState.queued, "attempt": 0, "retries": 0, "next_attempt_at": now,
-         "callback_token": secrets.token_urlsafe(24), "created_at": now, "updated_at": now}
-        for j in plan.jobs
-    ]
+    refs = extras.catalog_refs if extras else {}
+    reused = extras.reused if extras else {}
+    rows = []
+    for j in plan.jobs:
+        row = {"id": new_id(), "batch_id": batch.id, "tenant": batch.tenant, "position": j.position,
+               "custom_id": j.custom_id, "lane": batch.lane, "requested_model": j.requested_model,
+               "provider": j.provider, "model": j.model, "params": j.params, "num_images": j.num_images,
+               "state": JobState.queued, "attempt": 0, "retries": 0, "next_attempt_at": now,
+               "callback_token": secrets.token_urlsafe(24), "created_at": now, "updated_at": now}
+        if refs:
+            row["catalog_ref"] = refs.get(j.position)
+        if j.position in reused:
+            row.update(state=JobState.succeeded, next_attempt_at=None, completed_at=now, cost=Decimal(0))
+        rows.append(row)
+    return rows
 
 
-def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime) -> None:
-    """Bulk-insert the jobs of a new batch (executemany in pages)."""
-    rows = job_rows(batch, plan, now)
+def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime, extras: Extras | None = None) -> None:
+    """Bulk-insert the jobs of a new batch (executemany in pages), with reused images as assets."""
+    rows = job_rows(batch, plan, now, extras)
     for start in range(0, len(rows), 5000):
         session.execute(sa.insert(Job), rows[start:start + 5000])
+    if extras and extras.reused:
+        by_position = {r["position"]: r["id"] for r in rows}
+        assets, events = [], []
+        for position, images in extras.reused.items():
+            job_id = by_position[position]
+            events.append({"job_id": job_id, "kind": "unchanged", "attempt": 0, "from_state": None,
+                           "to_state": JobState.succeeded.value, "created_at": now,
+                           "detail": {"reason": "content unchanged: the stored image is reused",
+                                      "content_key": extras.catalog_refs.get(position, {}).get("content_key")}})
+            assets += [{"id": new_id(), "job_id": job_id, "index": im["index"], "storage_key": im["storage_key"],
+                        "content_type": im.get("content_type"), "width": im.get("width"),
+                        "height": im.get("height"), "bytes": im.get("bytes"), "sha256": im.get("sha256"),
+                        "seed": im.get("seed"), "cost": Decimal(0), "created_at": now, "stored_at": now}
+                       for im in images]
+        for start in range(0, len(assets), 5000):
+            session.execute(sa.insert(Asset), assets[start:start + 5000])
+        for start in range(0, len(events), 5000):
+            session.execute(sa.insert(JobEvent), events[start:start + 5000])
 
 
 def get_batch(session: Session, tenant: str, batch_id: str | uuid.UUID) -> Batch:
@@ -175,13 +235,22 @@ def batch_out(batch: Batch) -> BatchOut:
         total=batch.total, counts=batch.counts(), cost=float(batch.cost or 0),
         callback_url=batch.callback_url, metadata=batch.metadata_,
         created_at=iso(batch.created_at) or "", started_at=iso(batch.started_at),
-        completed_at=iso(batch.completed_at),
+        completed_at=iso(batch.completed_at), catalog=catalog_summary(batch),
     )
 
 
 def batch_json(batch: Batch) -> dict[str, Any]:
     """The public form of a batch as JSON data (e.g. for the batch.completed callback)."""
     return batch_out(batch).model_dump(mode="json")
+
+
+def catalog_summary(batch: Batch) -> dict[str, Any] | None:
+    """A catalog batch's diff counts; `failed` is live (jobs of this run that failed so far)."""
+    if not batch.catalog_summary:
+        return None
+    summary = dict(batch.catalog_summary)
+    summary["failed"] = batch.count_failed
+    return summary
 
 
 def job_fields(job: Job) -> dict[str, Any]:

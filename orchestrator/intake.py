@@ -178,6 +178,9 @@ def _expand(request: BatchRequest, max_items: int) -> Iterable[dict[str, Any]]:
     elif request.matrix is not None:
         yield from _expand_matrix(request.matrix, max_items)
     elif request.catalog is not None:
+        if request.catalog.rows is None:
+            raise BatchRejected([ItemProblem(None, None, "catalog.source", "a source is read when a schedule fires; "
+                                             "a batch takes its rows inline (catalog.rows)")])
         if len(request.catalog.rows) > max_items:
             raise TooLarge(f"{len(request.catalog.rows)} rows given; at most {max_items} per batch")
         yield from _expand_catalog(request.catalog)
@@ -219,7 +222,7 @@ def _expand_catalog(c: Catalog) -> Iterable[dict[str, Any]]:
     fields = {name for _, name, _, _ in Formatter().parse(c.template) if name}
     base = _common(c)
     problems: list[ItemProblem] = []
-    for i, row in enumerate(c.rows):
+    for i, row in enumerate(c.rows or ()):
         missing = sorted(f for f in fields if row.get(f) in (None, ""))
         custom_id = str(row[c.id_field]) if c.id_field and row.get(c.id_field) not in (None, "") else None
         if c.id_field and custom_id is None:

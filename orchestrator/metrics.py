@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from orchestrator.db import upsert_insert
-from orchestrator.models import Batch, Counter, Job, JobState
+from orchestrator.models import Batch, Counter, Job, JobState, Schedule, ScheduleRun
 from orchestrator.providers.registry import PROVIDERS
 from orchestrator.settings import Settings
 
@@ -22,6 +22,9 @@ LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 HELP = {
     "orchestrator_provider_requests_total": ("counter", "Provider HTTP calls by provider, call, outcome and code"),
     "orchestrator_storage_failures_total": ("counter", "Failed image copies by reason"),
+    "orchestrator_catalog_rows_total": ("counter", "Catalog rows by diff outcome (read, new, changed, unchanged, "
+                                                   "removed)"),
+    "orchestrator_schedule_runs_total": ("counter", "Schedule firings by outcome (created, failed)"),
 }
 
 
@@ -54,6 +57,7 @@ def render(session: Session, settings: Settings) -> str:
         lines.append(f'orchestrator_in_flight{{provider="{provider}"}} {flying.get(provider, 0)}')
         lines.append(f'orchestrator_in_flight_limit{{provider="{provider}"}} {limit}')
     _counters(lines, session)
+    _last_runs(lines, session)
     _latency(lines, session)
     return "\n".join(lines) + "\n"
 
@@ -72,6 +76,29 @@ def _counters(lines: list[str], session: Session) -> None:
     for name, (kind, help_) in HELP.items():
         lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
         lines += [f"{name}{{{labels}}} {value}" for n, labels, value in rows if n == name]
+
+
+def _last_runs(lines: list[str], session: Session) -> None:
+    """Each schedule's latest catalog run: rows by outcome, failed counted live from its batch."""
+    name = "orchestrator_schedule_last_run_rows"
+    latest = (sa.select(ScheduleRun.schedule_id, sa.func.max(ScheduleRun.created_at).label("at"))
+              .group_by(ScheduleRun.schedule_id).subquery())
+    rows = session.execute(
+        sa.select(Schedule.tenant, Schedule.name, ScheduleRun.status, ScheduleRun.summary, Batch.count_failed)
+        .join(latest, sa.and_(latest.c.schedule_id == ScheduleRun.schedule_id, latest.c.at == ScheduleRun.created_at))
+        .join(Schedule, Schedule.id == ScheduleRun.schedule_id)
+        .outerjoin(Batch, Batch.id == ScheduleRun.batch_id).order_by(Schedule.tenant, Schedule.name)).all()
+    lines += [f"# HELP {name} Rows of each schedule's latest run by outcome", f"# TYPE {name} gauge"]
+    errored = ["# HELP orchestrator_schedule_last_run_failed 1 if the latest firing could not create its batch",
+               "# TYPE orchestrator_schedule_last_run_failed gauge"]
+    for tenant, schedule, status, summary, failed in rows:
+        counts = {k: (summary or {}).get(k, 0) for k in ("read", "new", "changed", "unchanged", "removed")}
+        counts["failed"] = failed or 0
+        label = f'{_escape(tenant)}",schedule="{_escape(schedule)}'
+
+        lines += [f'{name}{{tenant="{label}",outcome="{k}"}} {v}' for k, v in counts.items()]
+        errored.append(f'orchestrator_schedule_last_run_failed{{tenant="{label}"}} {int(status == "failed")}')
+    lines += errored
 
 
 def _latency(lines: list[str], session: Session) -> None:

@@ -12,20 +12,25 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from string import Formatter
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 import sqlalchemy as sa
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
-from orchestrator import batches, intake
+from orchestrator import batches, catalog_keys, catalog_runs, catalog_source, intake, metrics
+from orchestrator.catalog_source import SourcePolicy
 from orchestrator.db import as_utc, iso, utcnow
-from orchestrator.errors import BatchRejected, Conflict, ItemProblem, NotFound
-from orchestrator.models import Batch, Schedule
+from orchestrator.errors import BatchRejected, Conflict, ItemProblem, NotFound, TooLarge
+from orchestrator.models import Batch, Schedule, ScheduleRun
 from orchestrator.state import FINAL_BATCH
+from orchestrator.storage.base import Storage
 
 
 class ScheduleIn(BaseModel):
@@ -76,6 +81,18 @@ class ScheduleUpdate(BaseModel):
     catchup_window_seconds: int = Field(default=None, ge=0, le=7 * 24 * 3600)  # type: ignore[assignment]
 
 
+class ScheduleRunOut(BaseModel):
+    """One firing: its batch and catalog summary, or the problem that stopped it."""
+
+    slot: str = Field(json_schema_extra={"format": "date-time"})
+    status: Literal["created", "failed"]
+    error: str | None
+    batch_id: str | None = Field(json_schema_extra={"format": "uuid"})
+    batch_state: str | None
+    summary: dict[str, Any] = Field(description="read / new / changed / unchanged / removed / failed (live)")
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+
+
 class ScheduleOut(BaseModel):
     """A schedule as the API returns it."""
 
@@ -90,6 +107,9 @@ class ScheduleOut(BaseModel):
     next_run_at: str | None = Field(json_schema_extra={"format": "date-time"})
     last_run_at: str | None = Field(json_schema_extra={"format": "date-time"})
     last_batch_id: str | None = Field(json_schema_extra={"format": "uuid"})
+    last_error: str | None = Field(default=None, description="why the latest firing made no batch; null after "
+                                                             "a firing that did")
+    last_runs: list[ScheduleRunOut] | None = Field(default=None, description="GET /v1/schedules/<id>: newest first")
 
 
 class SchedulePage(BaseModel):
@@ -105,18 +125,68 @@ def next_slot(cron: str, timezone: str, after: datetime) -> datetime:
     return croniter(cron, local).get_next(datetime).astimezone(UTC)
 
 
-def check_template(template: dict[str, Any], max_items: int) -> None:
-    """Validate a template exactly as POST /v1/batches would, so a bad one fails now, not at 2 am."""
+def effective_template(template: dict[str, Any]) -> dict[str, Any]:
+    """The batch body a slot runs: schedules default to the bulk lane and to only_changed."""
+    body = {**template, "lane": template.get("lane") or "bulk"}
+    if isinstance(body.get("catalog"), dict):
+        body["catalog"] = {**body["catalog"]}
+        if body["catalog"].get("only_changed") is None:
+            body["catalog"]["only_changed"] = True
+    return body
+
+
+def _sample_rows(catalog: dict[str, Any]) -> list[dict[str, Any]]:
+    """One stand-in row with every column the template, id field and key pattern name."""
+    names = {n for _, n, _, _ in Formatter().parse(str(catalog.get("template") or "")) if n}
+    if catalog.get("id_field"):
+        names.add(str(catalog["id_field"]))
     try:
-        intake.plan(intake.parse_json(json.dumps(template).encode(), max_items), max_items)
+        if catalog.get("key_pattern"):
+            names |= set(catalog_keys.pattern_fields(str(catalog["key_pattern"])))
+    except catalog_keys.KeyPatternError:
+        pass  # reported by the pattern check
+    return [{n: "sample" for n in names - set(catalog_keys.BUILTINS)}]
+
+
+def check_template(template: dict[str, Any], max_items: int, policy: SourcePolicy | None = None) -> None:
+    """Validate a template exactly as POST /v1/batches would, so a bad one fails now, not at 2 am.
+
+    A template with a catalog source is checked with a stand-in row (its rows only exist at
+    firing time), and its source's syntax and any literal address are checked here too.
+    """
+    body = effective_template(template)
+    catalog = body.get("catalog")
+    try:
+        if isinstance(catalog, dict) and catalog.get("source") is not None:
+            if catalog.get("rows") is not None:
+                raise BatchRejected([ItemProblem(None, None, "catalog", "give exactly one of rows or source")])
+            try:
+                catalog_source.parse(str(catalog["source"]), catalog.get("source_format"),
+                                     policy or SourcePolicy())
+            except catalog_source.SourceError as exc:
+                raise BatchRejected([ItemProblem(None, None, exc.field, str(exc))]) from None
+            body["catalog"] = {k: v for k, v in catalog.items() if k not in ("source", "source_format")}
+            body["catalog"]["rows"] = _sample_rows(catalog)
+            plan = intake.plan(intake.parse_json(json.dumps(body).encode(), max_items), max_items)
+            if catalog.get("key_pattern"):
+                first = plan.jobs[0]
+                try:
+                    catalog_keys.check_pattern(str(catalog["key_pattern"]), None, first.num_images)
+                except catalog_keys.KeyPatternError as exc:
+                    raise BatchRejected([ItemProblem(None, None, "catalog.key_pattern", str(exc))]) from None
+        else:
+            plan = intake.plan(intake.parse_json(json.dumps(body).encode(), max_items), max_items)
+            if plan.request.catalog is not None:
+                catalog_runs.row_refs(plan, "tenant", "check")
     except BatchRejected as exc:
         problems = [ItemProblem(p.position, p.custom_id, f"template.{p.field}", p.message) for p in exc.problems]
         raise BatchRejected(problems, "the template is not a valid batch; nothing was saved") from None
 
 
-def create(session: Session, tenant: str, data: ScheduleIn, max_items: int) -> Schedule:
+def create(session: Session, tenant: str, data: ScheduleIn, max_items: int,
+           policy: SourcePolicy | None = None) -> Schedule:
     """Save a new schedule with its first slot."""
-    check_template(data.template, max_items)
+    check_template(data.template, max_items, policy)
     if session.scalar(sa.select(Schedule.id).where(Schedule.tenant == tenant, Schedule.name == data.name)):
         raise Conflict(f"a schedule named {data.name!r} already exists")
     schedule = Schedule(tenant=tenant, **data.model_dump(), next_run_at=next_slot(data.cron, data.timezone, utcnow()))
@@ -125,12 +195,13 @@ def create(session: Session, tenant: str, data: ScheduleIn, max_items: int) -> S
     return schedule
 
 
-def update(session: Session, schedule: Schedule, changes: dict[str, Any], max_items: int) -> Schedule:
+def update(session: Session, schedule: Schedule, changes: dict[str, Any], max_items: int,
+           policy: SourcePolicy | None = None) -> Schedule:
     """Apply a validated partial update; a new cron or zone recomputes the next slot."""
     changes = ScheduleUpdate.model_validate(changes).model_dump(exclude_unset=True)
     merged = ScheduleIn.model_validate({**as_input(schedule), **changes})
     if "template" in changes:
-        check_template(merged.template, max_items)
+        check_template(merged.template, max_items, policy)
     for key, value in merged.model_dump().items():
         setattr(schedule, key, value)
     if {"cron", "timezone", "enabled"} & set(changes):
@@ -155,31 +226,107 @@ def get(session: Session, tenant: str, schedule_id: str | uuid.UUID) -> Schedule
     return schedule
 
 
-def run_slot(session: Session, schedule: Schedule, slot: datetime, max_items: int) -> Batch:
-    """Create the batch for one slot (idempotent per slot)."""
-    plan = intake.plan(intake.parse_json(json.dumps(schedule.template).encode(), max_items), max_items)
+@dataclass(frozen=True)
+class SlotEnv:
+    """What a firing may touch besides the database: storage, an HTTP client, the source limits."""
+
+    storage: Storage | None = None
+    http: httpx.Client | None = None
+    policy: SourcePolicy = field(default_factory=SourcePolicy)
+    resolver: catalog_source.Resolver = catalog_source.system_resolver
+
+
+class SlotFailed(Exception):
+    """A slot could not create its batch; the message says why (recorded on the run)."""
+
+
+def run_slot(session: Session, schedule: Schedule, slot: datetime, max_items: int,
+             env: SlotEnv | None = None) -> Batch:
+    """Create the batch for one slot (idempotent per slot), reading the catalog source once.
+
+    Object keys of removed rows to prune after commit are left in session.info["prune_keys"].
+    Raises SlotFailed (source unreadable, rows invalid) with nothing written.
+    """
+    env = env or SlotEnv()
     key = f"schedule:{schedule.id}:{slot.astimezone(UTC).isoformat()}"
     digest = hashlib.sha256(key.encode()).hexdigest()
-    batch, _ = batches.create_batch(session, schedule.tenant, plan, idempotency_key=key, request_hash=digest)
+    replay = batches.find_replay(session, schedule.tenant, key, digest)
+    if replay is not None:
+        return replay
+    body = effective_template(schedule.template)
+    source, read = _resolve_source(schedule.tenant, body, env)
+    try:
+        plan = intake.plan(intake.parse_json(json.dumps(body).encode(), max_items), max_items)
+        if plan.request.catalog is not None and env.storage is not None:
+            made = catalog_runs.create(
+                session, schedule.tenant, plan, catalog_runs.storage_exists(env.storage),
+                default_name=f"schedule-{schedule.id}", only_changed=bool(plan.request.catalog.only_changed),
+                idempotency_key=key, request_hash=digest, read=read, source=source)
+            batch = made.batch
+            session.info.setdefault("prune_keys", []).extend(made.prune)
+        else:
+            batch, _ = batches.create_batch(session, schedule.tenant, plan, idempotency_key=key, request_hash=digest)
+    except (BatchRejected, TooLarge) as exc:
+        raise SlotFailed(_describe(exc)) from None
     batch.schedule_id = schedule.id
     batch.name = batch.name or f"{schedule.name} {slot.astimezone(ZoneInfo(schedule.timezone)):%Y-%m-%d %H:%M}"
-    schedule.last_run_at, schedule.last_batch_id = utcnow(), batch.id
+    schedule.last_run_at, schedule.last_batch_id, schedule.last_error = utcnow(), batch.id, None
+    session.add(ScheduleRun(schedule_id=schedule.id, slot=slot, batch_id=batch.id, status="created",
+                            summary=batch.catalog_summary or ({"read": read} if read is not None else {})))
+    metrics.incr(session, "orchestrator_schedule_runs_total", outcome="created")
     return batch
 
 
-def fire_due(session: Session, now: datetime, max_items: int) -> list[uuid.UUID]:
+def _resolve_source(tenant: str, body: dict[str, Any], env: SlotEnv) -> tuple[str | None, int | None]:
+    """Replace a catalog source by the rows it holds now; returns (source, rows read)."""
+    catalog = body.get("catalog")
+    if not isinstance(catalog, dict) or catalog.get("source") is None:
+        return None, None
+    value = str(catalog["source"])
+    try:
+        source = catalog_source.parse(value, catalog.get("source_format"), env.policy)
+        if env.storage is None or (source.kind == "http" and env.http is None):
+            raise catalog_source.SourceError("this process cannot read sources (no storage or HTTP client)")
+        rows = catalog_source.read_rows(source, tenant, env.storage, env.http or httpx.Client(), env.policy,
+                                        env.resolver)
+    except catalog_source.SourceError as exc:
+        raise SlotFailed(f"{exc.field}: {exc}") from None
+    body["catalog"] = {k: v for k, v in catalog.items() if k not in ("source", "source_format")}
+    body["catalog"]["rows"] = rows
+    return value, len(rows)
+
+
+def _describe(exc: BatchRejected | TooLarge) -> str:
+    if isinstance(exc, TooLarge):
+        return exc.detail
+    shown = "; ".join(
+        (f"row {p.position}" + (f" ({p.custom_id})" if p.custom_id else "") + ": " if p.position is not None else "")
+        + f"{p.field}: {p.message}" for p in exc.problems[:10])
+    more = f"; and {len(exc.problems) - 10} more" if len(exc.problems) > 10 else ""
+    return f"{len(exc.problems)} invalid: {shown}{more}"
+
+
+def record_failure(session: Session, schedule: Schedule, slot: datetime, error: str) -> None:
+    """A slot that made no batch: a failed run record and the schedule's last_error, never silence."""
+    schedule.last_run_at, schedule.last_error = utcnow(), error[:4000]
+    session.add(ScheduleRun(schedule_id=schedule.id, slot=slot, status="failed", error=error[:4000], summary={}))
+    metrics.incr(session, "orchestrator_schedule_runs_total", outcome="failed")
+
+
+def fire_due(session: Session, now: datetime, max_items: int, env: SlotEnv | None = None) -> list[uuid.UUID]:
     """Fire every due slot of every enabled schedule; returns the ids of batches created."""
     due = session.scalars(sa.select(Schedule).where(Schedule.enabled.is_(True), Schedule.next_run_at <= now)
                           .order_by(Schedule.next_run_at).with_for_update(skip_locked=True)).all()
     created = []
     for schedule in due:
-        batch_id = _fire_one(session, schedule, now, max_items)
+        batch_id = _fire_one(session, schedule, now, max_items, env)
         if batch_id is not None:
             created.append(batch_id)
     return created
 
 
-def _fire_one(session: Session, schedule: Schedule, now: datetime, max_items: int) -> uuid.UUID | None:
+def _fire_one(session: Session, schedule: Schedule, now: datetime, max_items: int,
+              env: SlotEnv | None) -> uuid.UUID | None:
     slot = as_utc(schedule.next_run_at or now)
     following = next_slot(schedule.cron, schedule.timezone, now)
     if now - slot > timedelta(seconds=schedule.catchup_window_seconds):
@@ -191,13 +338,23 @@ def _fire_one(session: Session, schedule: Schedule, now: datetime, max_items: in
         if schedule.overlap_policy == "skip":
             schedule.next_run_at = following
             return None
+    schedule.next_run_at = following  # a failed slot is not retried; the next slot reads the source again
+    savepoint = session.begin_nested()  # a failure must leave no partial write (e.g. rows marked removed)
     try:
-        batch = run_slot(session, schedule, slot, max_items)
-    except BatchRejected:
-        schedule.enabled = False  # the template no longer validates (e.g. a model was removed)
+        batch = run_slot(session, schedule, slot, max_items, env)
+    except SlotFailed as exc:
+        savepoint.rollback()
+        record_failure(session, schedule, slot, str(exc))
+        if not has_source(schedule):
+            schedule.enabled = False  # an inline template no longer validates (e.g. a model was removed)
         return None
-    schedule.next_run_at = following
+    savepoint.commit()
     return batch.id
+
+
+def has_source(schedule: Schedule) -> bool:
+    catalog = schedule.template.get("catalog") if isinstance(schedule.template, dict) else None
+    return isinstance(catalog, dict) and catalog.get("source") is not None
 
 
 def _previous_running(session: Session, schedule: Schedule) -> bool:
@@ -207,11 +364,26 @@ def _previous_running(session: Session, schedule: Schedule) -> bool:
     return state is not None and state not in FINAL_BATCH
 
 
-def schedule_out(schedule: Schedule) -> ScheduleOut:
-    """The public form of a schedule."""
+def recent_runs(session: Session, schedule: Schedule, limit: int = 10) -> list[ScheduleRunOut]:
+    """The latest runs, newest first, each with its summary (failed counted live) and batch state."""
+    rows = session.execute(
+        sa.select(ScheduleRun, Batch.state, Batch.count_failed).outerjoin(Batch, Batch.id == ScheduleRun.batch_id)
+        .where(ScheduleRun.schedule_id == schedule.id)
+        .order_by(ScheduleRun.created_at.desc()).limit(limit)).all()
+    return [ScheduleRunOut(slot=iso(run.slot) or "", status=run.status, error=run.error,
+                           batch_id=str(run.batch_id) if run.batch_id else None,
+                           batch_state=batch_state.value if batch_state is not None else None,
+                           summary={**run.summary, "failed": failed or 0} if run.status == "created" else run.summary,
+                           created_at=iso(run.created_at) or "")
+            for run, batch_state, failed in rows]
+
+
+def schedule_out(schedule: Schedule, runs: list[ScheduleRunOut] | None = None) -> ScheduleOut:
+    """The public form of a schedule (with its last runs when given)."""
     return ScheduleOut(id=str(schedule.id), **as_input(schedule),
                        next_run_at=iso(schedule.next_run_at), last_run_at=iso(schedule.last_run_at),
-                       last_batch_id=str(schedule.last_batch_id) if schedule.last_batch_id else None)
+                       last_batch_id=str(schedule.last_batch_id) if schedule.last_batch_id else None,
+                       last_error=schedule.last_error, last_runs=runs)
 
 
 def schedule_json(schedule: Schedule) -> dict[str, Any]:

@@ -74,12 +74,33 @@ class Matrix(CommonParams):
 
 
 class Catalog(CommonParams):
-    """Catalog generation: one job per row, prompt from a `{field}` template."""
+    """Catalog generation: one job per row, prompt from a `{field}` template.
+
+    Rows come inline or, in a schedule, from a `source` read at each firing. With
+    `only_changed`, rows whose content key already has a stored image in this catalog are
+    not generated again (see orchestrator.catalog_runs).
+    """
 
     model: str | None = None
     template: str = Field(min_length=1)
-    rows: list[dict[str, Scalar]] = Field(min_length=1)
+    rows: list[dict[str, Scalar]] | None = Field(default=None, min_length=1)
+    source: str | None = Field(default=None, max_length=2000,
+                               description="storage:<key> (under your tenant) or an https:// URL; CSV or JSONL")
+    source_format: Literal["csv", "jsonl"] | None = Field(default=None, description="default: from the name")
     id_field: str | None = Field(default=None, description="row field used as custom_id")
+    name: str | None = Field(default=None, min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+                             description="the catalog whose stored images only_changed reuses")
+    only_changed: bool | None = Field(default=None, description="skip rows whose image is stored and unchanged "
+                                                                 "(default: true in schedules, false otherwise)")
+    prune: bool = Field(default=False, description="delete the images of rows that disappeared")
+    key_pattern: str | None = Field(default=None, max_length=500,
+                                    description="stable object key from row fields, e.g. catalog/{sku}/{n}.{ext}")
+
+    @model_validator(mode="after")
+    def _rows_or_source(self) -> Catalog:
+        if (self.rows is None) == (self.source is None):
+            raise ValueError("give exactly one of rows or source")
+        return self
 
 
 class BatchRequest(BaseModel):
@@ -135,6 +156,8 @@ class BatchOut(BaseModel):
     created_at: str = Timestamp()
     started_at: str | None = Timestamp()
     completed_at: str | None = Timestamp()
+    catalog: dict[str, Any] | None = Field(default=None, description="catalog batches: rows read / new / changed / "
+                                                                     "unchanged / removed / failed")
 
 
 class CancelOut(BatchOut):

@@ -10,10 +10,13 @@ import secrets
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from orchestrator.catalog_source import SourcePolicy
 
 
 class Settings(BaseSettings):
@@ -50,6 +53,10 @@ class Settings(BaseSettings):
     callback_timeout_seconds: int = Field(default=600, ge=5)
     download_max_bytes: int = Field(default=40 * 1024 * 1024, ge=1024)
     download_allowed_hosts: str = "fal.media,*.fal.media,im.runware.ai,*.runware.ai"
+    # Catalog sources read at each schedule firing (orchestrator.catalog_source).
+    source_allow_private: bool = False
+    source_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    source_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # Pacing of retries, polling and the sweep; tests shrink these.
     retry_base_seconds: float = Field(default=2.0, gt=0)
@@ -121,6 +128,13 @@ class Settings(BaseSettings):
             if parts.hostname:
                 hosts.append(parts.netloc.rsplit("@", 1)[-1])
         return tuple(dict.fromkeys(hosts))
+
+    def source_policy(self) -> SourcePolicy:
+        """The limits on reading catalog sources."""
+        from orchestrator.catalog_source import SourcePolicy
+
+        return SourcePolicy(max_bytes=self.source_max_bytes, timeout=self.source_timeout_seconds,
+                            allow_private=self.source_allow_private, max_rows=self.max_items_per_batch)
 
     def provider_limits(self, provider: str) -> tuple[int, float]:
         """(max in flight, requests per second) for a provider account."""

@@ -16,7 +16,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from celery import shared_task
 
-from orchestrator import queue, schedules, state
+from orchestrator import catalog_runs, queue, schedules, state
 from orchestrator.db import upsert_insert, utcnow
 from orchestrator.models import Batch, Delivery, Heartbeat, Job, JobState
 from orchestrator.providers.registry import PROVIDERS
@@ -135,11 +135,18 @@ def _replay_deliveries(c: Context, before: datetime) -> int:
 
 
 def _fire_schedules(c: Context, now: datetime) -> int:
-    """Create the batches of due schedule slots (idempotent per slot) and nudge dispatch."""
+    """Create the batches of due schedule slots (idempotent per slot) and nudge dispatch.
+
+    Catalog sources are read here, in a worker, never in an API request.
+    """
+    env = schedules.SlotEnv(storage=c.storage, http=c.http, policy=c.settings.source_policy())
     with c.session() as session:
-        created = schedules.fire_due(session, now, c.settings.max_items_per_batch)
+        created = schedules.fire_due(session, now, c.settings.max_items_per_batch, env)
         if created:
             c.publisher.after_commit(session, queue.DISPATCH)
+        prune = session.info.pop("prune_keys", [])
+    if prune:
+        catalog_runs.prune(c.storage, prune)
     return len(created)
 
 

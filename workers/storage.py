@@ -9,18 +9,20 @@ so a repeated upload overwrites the same object rather than adding one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from celery import shared_task
 
-from orchestrator import metrics, queue, state
+from orchestrator import catalog_runs, metrics, queue, state
 from orchestrator.db import utcnow
 from orchestrator.log import bound
 from orchestrator.models import Asset, Batch, Job, JobState
-from orchestrator.storage.base import object_key
+from orchestrator.storage.base import StorageError, object_key
 from orchestrator.storage.images import (
     DownloadFailed,
     ImageError,
@@ -58,6 +60,7 @@ class JobInfo:
     width: int
     height: int
     provider: str
+    catalog_ref: dict[str, Any] | None = None
 
 
 @shared_task(name=queue.STORE_JOB, bind=True, max_retries=6, **TASK_OPTS)
@@ -100,7 +103,7 @@ def _info(session: sa.orm.Session, job: Job) -> JobInfo:
     assert batch is not None
     p = job.params
     return JobInfo(job.id, job.tenant, job.batch_id, job.position, job.custom_id, p["output_format"],
-                   p["width"], p["height"], job.provider)
+                   p["width"], p["height"], job.provider, job.catalog_ref)
 
 
 def _store_one(c: Context, info: JobInfo, item: Pending) -> tuple[str, str] | None:
@@ -144,8 +147,53 @@ def _finish(c: Context, info: JobInfo) -> str:
                                  .where(Asset.job_id == info.job_id, Asset.stored_at.is_(None))) or 0
         if missing:
             return f"{missing} images still pending"
+    ref = info.catalog_ref
+    replaced = _to_stable_keys(c, info, ref["keys"]) if ref and ref.get("keys") else []
+    with c.session() as session:
         moved = state.transition(session, info.job_id, JobState.succeeded, kind="stored", expect=[JobState.storing])
-        return "succeeded" if moved.applied else "unchanged"
+        if moved.applied:
+            for asset_id, _, key in replaced:
+                session.execute(sa.update(Asset).where(Asset.id == asset_id).values(storage_key=key))
+            if ref:
+                # The row's index entry switches to the new images in the same transaction.
+                catalog_runs.record_images(session, info.job_id, info.tenant, ref)
+    if moved.applied:
+        for _, old, _ in replaced:  # only the per-batch copies: the stable keys hold the images now
+            try:
+                c.storage.delete(old)
+            except StorageError as exc:
+                log.warning("could not delete %s: %s", old, exc)
+    return "succeeded" if moved.applied else "unchanged"
+
+
+def _to_stable_keys(c: Context, info: JobInfo, keys: list[str]) -> list[tuple[uuid.UUID, str, str]]:
+    """Copy every verified image to its row's stable key and check the copy: (asset, old key, new key).
+
+    Runs only once all of the job's images are stored and verified, so a stable key is never
+    overwritten by a night that failed; each PUT replaces the object whole (S3 and the local
+    backend are atomic per object), so a reader sees the old image or the new one.
+    """
+    with c.session() as session:
+        assets = [(a.id, a.index, a.storage_key or "", a.sha256, a.content_type or "")
+                  for a in session.scalars(sa.select(Asset).where(Asset.job_id == info.job_id).order_by(Asset.index))]
+    replaced: list[tuple[uuid.UUID, str, str]] = []
+    try:
+        for asset_id, index, key, sha256, content_type in assets:
+            target = keys[index] if index < len(keys) else None
+            if target is None or key == target:
+                continue
+            data = c.storage.read(key, c.settings.download_max_bytes)
+            if data is None or hashlib.sha256(data).hexdigest() != sha256:
+                raise TransientStoreError(f"stored image {index} is missing or changed; storing it again")
+            upload(c.http, c.storage.presign_put(target, content_type, PRESIGN_SECONDS), data, content_type,
+                   TRANSFER_TIMEOUT)
+            landed = c.storage.head(target)
+            if landed is None or landed.size != len(data) or (landed.sha256 and landed.sha256 != sha256):
+                raise TransientStoreError(f"the copy of image {index} at its stable key did not verify")
+            replaced.append((asset_id, key, target))
+    except (ImageError, StorageError) as exc:
+        raise TransientStoreError(str(exc)) from None
+    return replaced
 
 
 def _give_up(c: Context, job_id: uuid.UUID, problem: tuple[str, str]) -> str:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from flask import Blueprint, g, request
 from pydantic import ValidationError
 
-from orchestrator import batches, jsonbody, queue, schedules
+from orchestrator import batches, catalog_runs, jsonbody, queue, schedules, state
 from orchestrator.api.context import db, services
 from orchestrator.api.spec import Body, operation
 from orchestrator.db import utcnow
@@ -42,7 +42,8 @@ def create() -> tuple[ScheduleOut, int]:
         data = ScheduleIn.model_validate(_body())
     except ValidationError as exc:
         raise _invalid(exc) from None
-    schedule = schedules.create(db(), g.tenant, data, services().settings.max_items_per_batch)
+    settings = services().settings
+    schedule = schedules.create(db(), g.tenant, data, settings.max_items_per_batch, settings.source_policy())
     db().commit()
     return schedules.schedule_out(schedule), 201
 
@@ -56,8 +57,9 @@ def list_all() -> SchedulePage:
 
 @operation(bp, "GET", "/<uuid:schedule_id>", "Get a schedule", responses={200: ScheduleOut})
 def read(schedule_id: uuid.UUID) -> ScheduleOut:
-    """One schedule."""
-    return schedules.schedule_out(schedules.get(db(), g.tenant, schedule_id))
+    """One schedule, with its last runs (what each read, generated, reused, removed, failed)."""
+    schedule = schedules.get(db(), g.tenant, schedule_id)
+    return schedules.schedule_out(schedule, schedules.recent_runs(db(), schedule))
 
 
 @operation(bp, "PATCH", "/<uuid:schedule_id>", "Change a schedule", body=Body(ScheduleUpdate),
@@ -66,7 +68,8 @@ def patch(schedule_id: uuid.UUID) -> ScheduleOut:
     """Change some fields; the result is validated as a whole."""
     schedule = schedules.get(db(), g.tenant, schedule_id)
     try:
-        schedules.update(db(), schedule, _body(), services().settings.max_items_per_batch)
+        settings = services().settings
+        schedules.update(db(), schedule, _body(), settings.max_items_per_batch, settings.source_policy())
     except ValidationError as exc:
         raise _invalid(exc) from None
     db().commit()
@@ -81,14 +84,32 @@ def delete(schedule_id: uuid.UUID) -> tuple[str, int]:
     return "", 204
 
 
-@operation(bp, "POST", "/<uuid:schedule_id>/run", "Run a schedule now", responses={201: BatchOut})
-def run_now(schedule_id: uuid.UUID) -> tuple[BatchOut, int]:
-    """Run the schedule's template now, outside its cron slots."""
+@operation(bp, "POST", "/<uuid:schedule_id>/run", "Run a schedule now",
+           responses={201: BatchOut, 202: ScheduleOut})
+def run_now(schedule_id: uuid.UUID) -> tuple[BatchOut | ScheduleOut, int]:
+    """Run the schedule's template now, outside its cron slots.
+
+    A template with a catalog source is read by a worker, not in this request: the schedule
+    is made due now and the answer is 202 with the schedule; the run then shows in its last_runs.
+    """
     session = db()
     schedule = schedules.get(session, g.tenant, schedule_id)
-    batch = schedules.run_slot(session, schedule, utcnow(), services().settings.max_items_per_batch)
+    if schedules.has_source(schedule):
+        schedule.next_run_at = utcnow()
+        session.commit()
+        return schedules.schedule_out(schedule), 202
+    env = schedules.SlotEnv(storage=services().storage)
+    slot = utcnow()
+    try:
+        batch = schedules.run_slot(session, schedule, slot, services().settings.max_items_per_batch, env)
+    except schedules.SlotFailed as exc:
+        session.rollback()
+        raise BatchRejected([ItemProblem(None, None, "template", str(exc))],
+                            "the schedule's template is not a valid batch now") from None
     services().publisher.after_commit(session, queue.DISPATCH)
+    for finished in state.finished_batches(session):
+        services().publisher.after_commit(session, queue.NOTIFY_BATCH, str(finished))
+    prune = session.info.pop("prune_keys", [])
     session.commit()
+    catalog_runs.prune(services().storage, prune)
     return batches.batch_out(batch), 201
-
-

@@ -10,7 +10,7 @@ import uuid
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from orchestrator import batches, catalog, intake, queue, state
+from orchestrator import batches, catalog, catalog_runs, intake, queue, state
 from orchestrator.api.context import db, services
 from orchestrator.api.spec import Body, Content, document, operation
 from orchestrator.db import iso
@@ -53,11 +53,22 @@ def create_batch(query: BatchOptions, headers: BatchHeaders) -> tuple[BatchOut, 
     plan = intake.plan(req, settings.max_items_per_batch)
     digest = hashlib.sha256(mimetype.encode() + b"\n" + request.query_string + b"\n" + raw).hexdigest()
     session = db()
-    batch, created = batches.create_batch(session, g.tenant, plan, idempotency_key=headers.idempotency_key,
-                                          request_hash=digest)
+    prune: list[str] = []
+    if plan.request.catalog is not None:
+        # Catalog rows get content keys; with only_changed, unchanged rows reuse their stored images.
+        made = catalog_runs.create(session, g.tenant, plan, catalog_runs.storage_exists(services().storage),
+                                   default_name="default", only_changed=bool(plan.request.catalog.only_changed),
+                                   idempotency_key=headers.idempotency_key, request_hash=digest)
+        batch, created, prune = made.batch, made.created, made.prune
+    else:
+        batch, created = batches.create_batch(session, g.tenant, plan, idempotency_key=headers.idempotency_key,
+                                              request_hash=digest)
     if created:
         services().publisher.after_commit(session, queue.DISPATCH)
+    for finished in state.finished_batches(session):  # every row unchanged: the batch is done already
+        services().publisher.after_commit(session, queue.NOTIFY_BATCH, str(finished))
     session.commit()
+    catalog_runs.prune(services().storage, prune)
     bind(batch_id=batch.id)
     return batches.batch_out(batch), 201 if created else 200, {"Location": f"/v1/batches/{batch.id}"}
 

@@ -8,6 +8,7 @@ import click
 
 from orchestrator.cli import admin, client, demo, run
 from orchestrator.cli.sandbox import sandbox
+from orchestrator.cli.schedules import schedules
 
 
 @click.group()
@@ -20,6 +21,7 @@ admin.register(main)
 run.register(main)
 client.register(main)
 main.add_command(sandbox)
+main.add_command(schedules)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -231,6 +231,14 @@ def catalog_batch(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
         if len(sizes) != 1:
             raise click.UsageError("a catalog batch takes one size (--sizes SIZE)")
         catalog["image_size"] = sizes[0]
+    if opts.get("only_changed"):
+        # The catalog's name ties this run to the images earlier runs stored (default: the file's name).
+        catalog["only_changed"] = True
+        catalog["name"] = opts.get("catalog_name") or re.sub(r"[^A-Za-z0-9._:-]", "-", path.stem).lstrip("._:-")
+    elif opts.get("catalog_name"):
+        catalog["name"] = opts["catalog_name"]
+    if opts.get("key_pattern"):
+        catalog["key_pattern"] = opts["key_pattern"]
     return {"catalog": catalog}
 
 
@@ -247,6 +255,9 @@ def check_options(kind: str, opts: dict[str, Any]) -> None:
         raise click.UsageError('a .csv file needs --template, e.g. --template "Photo of {name}"')
     if kind != "csv" and (opts["template"] or opts["id_field"]):
         raise click.UsageError("--template and --id-field apply to a .csv file only")
+    catalog_only = [n for n in ("only_changed", "catalog_name", "key_pattern") if opts.get(n)]
+    if kind != "csv" and catalog_only:
+        raise click.UsageError(f"--{catalog_only[0].replace('_', '-')} applies to a .csv catalog only")
 
 
 def file_kind(path: Path) -> str:
@@ -294,6 +305,9 @@ def post_batch(api: Api, sub: Submission, idempotency_key: str | None) -> tuple[
 @click.option("--styles", "--style", "styles", multiple=True, help="style appended to each prompt; repeatable (.txt)")
 @click.option("--template", default=None, help='prompt template for a .csv, e.g. "Photo of {name}"')
 @click.option("--id-field", default=None, help="CSV column used as each job's custom_id")
+@click.option("--only-changed", is_flag=True, help="skip rows whose stored image is unchanged (.csv)")
+@click.option("--catalog-name", default=None, help="catalog whose images --only-changed reuses (default: file name)")
+@click.option("--key-pattern", default=None, help="stable object key per row, e.g. catalog/{sku}/{n}.{ext} (.csv)")
 @click.option("--name", default="", help="batch name")
 @click.option("--lane", type=click.Choice(["interactive", "bulk"]), default=None, help="priority lane")
 @click.option("--callback-url", default=None, help="URL to notify when the batch is done")
@@ -307,6 +321,8 @@ def submit(api: Api, file: Path, idempotency_key: str | None, watch: bool, inter
     batch, created = post_batch(api, build_submission(file, opts), idempotency_key)
     verb = "submitted" if created else "already submitted (same idempotency key)"
     click.echo(f"batch {batch['id']} {verb}: {batch['total']} job(s), lane {batch['lane']}, state {batch['state']}")
+    if batch.get("catalog"):
+        click.echo(f"catalog {batch['catalog'].get('catalog')}: {catalog_line(batch['catalog'])}")
     if watch:
         finish(follow(api, batch["id"], interval))
 
@@ -399,8 +415,15 @@ def show_batch(batch: dict[str, Any]) -> None:
             ("started", batch.get("started_at") or "-"), ("completed", batch.get("completed_at") or "-")]
     if batch.get("callback_url"):
         rows.insert(3, ("callback", batch["callback_url"]))
+    if batch.get("catalog"):
+        rows.append(("catalog", f"{batch['catalog'].get('catalog')}: {catalog_line(batch['catalog'])}"))
     for key, value in rows:
         click.echo(f"{key + ':':<11}{value}")
+
+
+def catalog_line(summary: dict[str, Any]) -> str:
+    """`read 5, new 1, changed 1, unchanged 3, removed 1, failed 0` from a catalog summary."""
+    return ", ".join(f"{k} {summary.get(k, 0)}" for k in ("read", "new", "changed", "unchanged", "removed", "failed"))
 
 
 def show_table(batches: list[dict[str, Any]]) -> None:

@@ -58,6 +58,18 @@ class Storage(Protocol):
         """Return a description of the backend that is safe to log."""
         ...
 
+    def exists(self, key: str) -> bool:
+        """Return True when an object is stored at `key` (cheap: no download, no hashing)."""
+        ...
+
+    def read(self, key: str, max_bytes: int) -> bytes | None:
+        """Return the object's bytes, or None when absent; StorageError above `max_bytes`."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object at `key` if it exists."""
+        ...
+
 
 def validate_key(key: str) -> str:
     """Return `key` if it is a safe relative object key, else raise ValueError."""

@@ -134,6 +134,26 @@ class LocalStorage:
                 size += len(chunk)
         return ObjectInfo(key=key, size=size, content_type=content_type_for(key), sha256=digest.hexdigest())
 
+    def exists(self, key: str) -> bool:
+        """Return True when a file is stored at `key`."""
+        return self.path_for(key).is_file()
+
+    def read(self, key: str, max_bytes: int) -> bytes | None:
+        """Return the stored file's bytes, or None when absent."""
+        path = self.path_for(key)
+        try:
+            with path.open("rb") as fh:
+                data = fh.read(max_bytes + 1)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        if len(data) > max_bytes:
+            raise ObjectTooLarge(f"object exceeds {max_bytes} bytes")
+        return data
+
+    def delete(self, key: str) -> None:
+        """Remove the file at `key` if present."""
+        self.path_for(key).unlink(missing_ok=True)
+
     def write(self, key: str, chunks: Iterable[bytes], max_bytes: int | None = None) -> bool:
         """Store `chunks` atomically at `key`; return True if the object is new."""
         limit = self.max_bytes if max_bytes is None else max_bytes

@@ -121,6 +121,48 @@ class S3Storage:
             sha256=_sha256_hex(resp.get("ChecksumSHA256")),
         )
 
+    def exists(self, key: str) -> bool:
+        """HEAD the object (without checksum mode)."""
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _MISSING_CODES:
+                return False
+            raise StorageError(f"HEAD {self.describe()}/{key} failed: {code or 'error'}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"HEAD {self.describe()}/{key} failed: {type(exc).__name__}") from None
+        return True
+
+    def read(self, key: str, max_bytes: int) -> bytes | None:
+        """GET the object, refusing one above `max_bytes` before reading its body."""
+        try:
+            resp = self._client.get_object(Bucket=self.bucket, Key=self.full_key(key))
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _MISSING_CODES or code == "NoSuchKey":
+                return None
+            raise StorageError(f"GET {self.describe()}/{key} failed: {code or 'error'}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"GET {self.describe()}/{key} failed: {type(exc).__name__}") from None
+        body = resp["Body"]
+        try:
+            if int(resp.get("ContentLength", 0)) > max_bytes:
+                raise StorageError(f"object exceeds {max_bytes} bytes")
+            data: bytes = body.read(max_bytes + 1)
+        finally:
+            body.close()
+        if len(data) > max_bytes:
+            raise StorageError(f"object exceeds {max_bytes} bytes")
+        return data
+
+    def delete(self, key: str) -> None:
+        """DELETE the object (S3 answers success for a missing key too)."""
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self.full_key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"DELETE {self.describe()}/{key} failed: {type(exc).__name__}") from None
+
 
 def _sha256_hex(checksum: str | None) -> str | None:
     """Turn S3's base64 SHA-256 checksum into hex; multipart (`...-N`) checksums are not whole-object."""
