@@ -85,7 +85,7 @@ class ScheduleRunOut(BaseModel):
     """One firing: its batch and catalog summary, or the problem that stopped it."""
 
     slot: str = Field(json_schema_extra={"format": "date-time"})
-    status: Literal["created", "failed"]
+    status: str = Field(description="created or failed")
     error: str | None
     batch_id: str | None = Field(json_schema_extra={"format": "uuid"})
     batch_state: str | None
