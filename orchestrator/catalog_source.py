@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from orchestrator import netpolicy
 from orchestrator.redact import redact_url
 from orchestrator.storage.base import Storage, StorageError, validate_key
 
@@ -100,16 +101,11 @@ def _literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
 
 
 def check_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, policy: SourcePolicy) -> None:
-    """Refuse a non-public address (loopback, private, link-local, CGNAT, reserved...)."""
-    if policy.allow_private:
-        return
-    mapped = getattr(addr, "ipv4_mapped", None) or getattr(addr, "sixtofour", None)
-    for candidate in (addr, mapped):
-        if candidate is not None and not candidate.is_global:
-            raise SourceError(f"refused: {addr} is not a public address (the operator setting "
-                              "ORCH_SOURCE_ALLOW_PRIVATE allows private sources)")
-    if addr.is_multicast:
-        raise SourceError(f"refused: {addr} is a multicast address")
+    """Refuse a non-public address (loopback, private, link-local, CGNAT, reserved...): orchestrator.netpolicy."""
+    reason = netpolicy.AddressPolicy(policy.allow_private).refusal(str(addr))
+    if reason:
+        raise SourceError(f"refused: {addr} is not a public address ({reason}; the operator setting "
+                          "ORCH_SOURCE_ALLOW_PRIVATE allows loopback and private sources)")
 
 
 def system_resolver(host: str, port: int) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator import catalog, jsonbody
+from orchestrator import catalog, jsonbody, netpolicy
 from orchestrator.errors import BatchRejected, ItemProblem, TooLarge
 from orchestrator.schemas import BatchRequest, Catalog, Matrix
 
@@ -88,6 +88,16 @@ def parse_jsonl(raw: bytes, options: Mapping[str, str], max_items: int) -> Batch
     if options.get("model"):
         data["defaults"] = {"model": options["model"]}
     return _validate(data)
+
+
+def check_callback(request: BatchRequest, policy: netpolicy.AddressPolicy, prefix: str = "") -> None:
+    """Refuse a callback_url whose host is, or resolves to, a non-public address (SSRF)."""
+    if request.callback_url is None:
+        return
+    try:
+        netpolicy.check_url(str(request.callback_url), policy)
+    except netpolicy.AddressRefused as exc:
+        raise BatchRejected([ItemProblem(None, None, prefix + "callback_url", f"refused: {exc}")]) from None
 
 
 def _validate(data: dict[str, Any]) -> BatchRequest:

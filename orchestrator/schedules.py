@@ -24,7 +24,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
-from orchestrator import batches, catalog_keys, catalog_runs, catalog_source, intake, metrics
+from orchestrator import batches, catalog_keys, catalog_runs, catalog_source, intake, metrics, netpolicy
 from orchestrator.catalog_source import SourcePolicy
 from orchestrator.db import as_utc, iso, utcnow
 from orchestrator.errors import BatchRejected, Conflict, ItemProblem, NotFound, TooLarge
@@ -148,7 +148,8 @@ def _sample_rows(catalog: dict[str, Any]) -> list[dict[str, Any]]:
     return [{n: "sample" for n in names - set(catalog_keys.BUILTINS)}]
 
 
-def check_template(template: dict[str, Any], max_items: int, policy: SourcePolicy | None = None) -> None:
+def check_template(template: dict[str, Any], max_items: int, policy: SourcePolicy | None = None,
+                   callback_policy: netpolicy.AddressPolicy | None = None) -> None:
     """Validate a template exactly as POST /v1/batches would, so a bad one fails now, not at 2 am.
 
     A template with a catalog source is checked with a stand-in row (its rows only exist at
@@ -178,15 +179,17 @@ def check_template(template: dict[str, Any], max_items: int, policy: SourcePolic
             plan = intake.plan(intake.parse_json(json.dumps(body).encode(), max_items), max_items)
             if plan.request.catalog is not None:
                 catalog_runs.row_refs(plan, "tenant", "check")
+        if callback_policy is not None:
+            intake.check_callback(plan.request, callback_policy)
     except BatchRejected as exc:
         problems = [ItemProblem(p.position, p.custom_id, f"template.{p.field}", p.message) for p in exc.problems]
         raise BatchRejected(problems, "the template is not a valid batch; nothing was saved") from None
 
 
 def create(session: Session, tenant: str, data: ScheduleIn, max_items: int,
-           policy: SourcePolicy | None = None) -> Schedule:
+           policy: SourcePolicy | None = None, callback_policy: netpolicy.AddressPolicy | None = None) -> Schedule:
     """Save a new schedule with its first slot."""
-    check_template(data.template, max_items, policy)
+    check_template(data.template, max_items, policy, callback_policy)
     if session.scalar(sa.select(Schedule.id).where(Schedule.tenant == tenant, Schedule.name == data.name)):
         raise Conflict(f"a schedule named {data.name!r} already exists")
     schedule = Schedule(tenant=tenant, **data.model_dump(), next_run_at=next_slot(data.cron, data.timezone, utcnow()))
@@ -196,12 +199,12 @@ def create(session: Session, tenant: str, data: ScheduleIn, max_items: int,
 
 
 def update(session: Session, schedule: Schedule, changes: dict[str, Any], max_items: int,
-           policy: SourcePolicy | None = None) -> Schedule:
+           policy: SourcePolicy | None = None, callback_policy: netpolicy.AddressPolicy | None = None) -> Schedule:
     """Apply a validated partial update; a new cron or zone recomputes the next slot."""
     changes = ScheduleUpdate.model_validate(changes).model_dump(exclude_unset=True)
     merged = ScheduleIn.model_validate({**as_input(schedule), **changes})
     if "template" in changes:
-        check_template(merged.template, max_items, policy)
+        check_template(merged.template, max_items, policy, callback_policy)
     for key, value in merged.model_dump().items():
         setattr(schedule, key, value)
     if {"cron", "timezone", "enabled"} & set(changes):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, UrlConstraints, field_validator, model_validator
 
 Scalar = str | int | float | bool | None
 
@@ -109,7 +109,8 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(default="", max_length=200)
     lane: Literal["interactive", "bulk"] = "interactive"
-    callback_url: HttpUrl | None = None
+    callback_url: Annotated[HttpUrl, UrlConstraints(max_length=2000)] | None = Field(
+        default=None, description="POSTed batch.completed; must be a public address")
     metadata: dict[str, Any] = Field(default_factory=dict)
     defaults: Defaults | None = None
     items: list[Item] | None = Field(default=None, min_length=1)

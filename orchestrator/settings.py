@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     download_allowed_hosts: str = "fal.media,*.fal.media,im.runware.ai,*.runware.ai"
     # Catalog sources read at each schedule firing (orchestrator.catalog_source).
     source_allow_private: bool = False
+    # Loopback/private destinations are refused unless these are set (local development, sandboxes).
+    callback_allow_private: bool = False
+    download_allow_private: bool = False
     source_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     source_timeout_seconds: float = Field(default=30.0, gt=0)
 

@@ -150,6 +150,8 @@ def start_stack(pg_url: str, redis_url: str, tmp: Path, *, fal_faults: Faults | 
         "ORCH_FAL_JWKS_URL": f"{fal.url}/.well-known/jwks.json", "ORCH_FAL_MAX_IN_FLIGHT": "8",
         "ORCH_FAL_RATE_PER_SECOND": "200", "ORCH_RUNWARE_MAX_IN_FLIGHT": "8", "ORCH_RUNWARE_RATE_PER_SECOND": "200",
         "ORCH_DOWNLOAD_ALLOWED_HOSTS": f"{fal.url.split('//')[1]},{runware.url.split('//')[1]}",
+        # Everything here is on loopback: sandbox images and the tests' callback receivers.
+        "ORCH_DOWNLOAD_ALLOW_PRIVATE": "true", "ORCH_CALLBACK_ALLOW_PRIVATE": "true",
         **FAST, **(env or {}),
     }
     stack = Stack(fal, runware, api_url, full_env, tmp)

@@ -12,6 +12,7 @@ from celery import shared_task
 from orchestrator import batches, queue, signing
 from orchestrator.db import iso, utcnow
 from orchestrator.models import Batch
+from orchestrator.netpolicy import AddressRefused
 from orchestrator.redact import redact_url
 from workers.context import Context, ctx
 from workers.dispatch import TASK_OPTS
@@ -51,8 +52,19 @@ def notify(c: Context, batch_id: uuid.UUID) -> str:
     msg_id = f"msg_{batch_id.hex}_{rnd}"
     secret = signing.tenant_secret(c.settings.resolved_secret_key(), tenant)
     try:
-        resp = c.http.post(url, content=body, headers=signing.headers(secret, msg_id, utcnow(), body),
-                           timeout=httpx.Timeout(15.0, connect=5.0), follow_redirects=False)
+        # The guarded client re-checks the address it actually connects to (names can change
+        # since intake) and follows no redirect.
+        resp = c.callback_http.post(url, content=body, headers=signing.headers(secret, msg_id, utcnow(), body),
+                                    timeout=httpx.Timeout(15.0, connect=5.0), follow_redirects=False)
+    except AddressRefused as exc:
+        # Not retried: we never connect inside. The round counts as handled so it is not retried
+        # forever by the sweep; the refusal is logged for the operator.
+        log.warning("batch callback refused", extra={"batch_id": str(batch_id), "reason": str(exc)})
+        with c.session() as session:
+            refused = session.get(Batch, batch_id)
+            if refused is not None and refused.notified_round < rnd:
+                refused.notified_round = rnd
+        return f"refused: {exc}"
     except httpx.HTTPError as exc:
         raise CallbackFailed(f"{redact_url(url)}: {type(exc).__name__}") from None
     if not 200 <= resp.status_code < 300:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import queue, state
 from orchestrator.db import make_engine, make_session_factory, session_scope
+from orchestrator.netpolicy import AddressPolicy, guarded_client
 from orchestrator.providers.base import ProviderAdapter
 from orchestrator.providers.registry import make_adapter
 from orchestrator.queue import Publisher
@@ -53,6 +54,18 @@ class Context:
                             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
 
     @cached_property
+    def callback_http(self) -> httpx.Client:
+        """The client for tenants' callback URLs: connects only to addresses the policy allows."""
+        return guarded_client(AddressPolicy(self.settings.callback_allow_private),
+                              httpx.Timeout(15.0, connect=5.0))
+
+    @cached_property
+    def download_http(self) -> httpx.Client:
+        """The client for provider image URLs (allow-listed hosts), under the same address policy."""
+        return guarded_client(AddressPolicy(self.settings.download_allow_private),
+                              httpx.Timeout(30.0, connect=10.0))
+
+    @cached_property
     def storage(self) -> Storage:
         """The configured storage backend."""
         s = self.settings
@@ -79,7 +92,7 @@ class Context:
 
     def close(self) -> None:
         """Release pools (worker shutdown, tests)."""
-        for name in ("engine", "http", "publisher"):
+        for name in ("engine", "http", "callback_http", "download_http", "publisher"):
             if name in self.__dict__:
                 resource = self.__dict__.pop(name)
                 getattr(resource, "dispose", getattr(resource, "close", lambda: None))()

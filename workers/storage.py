@@ -110,8 +110,8 @@ def _store_one(c: Context, info: JobInfo, item: Pending) -> tuple[str, str] | No
     """Copy one image; returns (code, message) for a permanent problem, raises on transient ones."""
     s = c.settings
     try:
-        data = download_image(c.http, item.url, allowed_hosts=s.allowed_hosts(), max_bytes=s.download_max_bytes,
-                              timeout=TRANSFER_TIMEOUT)
+        data = download_image(c.download_http, item.url, allowed_hosts=s.allowed_hosts(),
+                              max_bytes=s.download_max_bytes, timeout=TRANSFER_TIMEOUT)
         image = verify_image(data, expected_format=info.fmt, width=info.width, height=info.height)
         key = object_key(info.tenant, str(info.batch_id), info.position, info.custom_id, item.index, image.ext)
         url = c.storage.presign_put(key, image.content_type, PRESIGN_SECONDS)

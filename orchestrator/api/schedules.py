@@ -15,6 +15,7 @@ from orchestrator.api.spec import Body, operation
 from orchestrator.db import utcnow
 from orchestrator.errors import BatchRejected, ItemProblem
 from orchestrator.models import Schedule
+from orchestrator.netpolicy import AddressPolicy
 from orchestrator.schedules import ScheduleIn, ScheduleOut, SchedulePage, ScheduleUpdate
 from orchestrator.schemas import BatchOut
 
@@ -43,7 +44,8 @@ def create() -> tuple[ScheduleOut, int]:
     except ValidationError as exc:
         raise _invalid(exc) from None
     settings = services().settings
-    schedule = schedules.create(db(), g.tenant, data, settings.max_items_per_batch, settings.source_policy())
+    schedule = schedules.create(db(), g.tenant, data, settings.max_items_per_batch, settings.source_policy(),
+                                AddressPolicy(settings.callback_allow_private))
     db().commit()
     return schedules.schedule_out(schedule), 201
 
@@ -69,7 +71,8 @@ def patch(schedule_id: uuid.UUID) -> ScheduleOut:
     schedule = schedules.get(db(), g.tenant, schedule_id)
     try:
         settings = services().settings
-        schedules.update(db(), schedule, _body(), settings.max_items_per_batch, settings.source_policy())
+        schedules.update(db(), schedule, _body(), settings.max_items_per_batch, settings.source_policy(),
+                         AddressPolicy(settings.callback_allow_private))
     except ValidationError as exc:
         raise _invalid(exc) from None
     db().commit()

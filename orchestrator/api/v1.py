@@ -15,6 +15,7 @@ from orchestrator.api.context import db, services
 from orchestrator.api.spec import Body, Content, document, operation
 from orchestrator.db import iso
 from orchestrator.log import bind
+from orchestrator.netpolicy import AddressPolicy
 from orchestrator.schemas import (
     BatchHeaders,
     BatchListQuery,
@@ -51,6 +52,7 @@ def create_batch(query: BatchOptions, headers: BatchHeaders) -> tuple[BatchOut, 
     else:
         req = intake.parse_json(raw, settings.max_items_per_batch)
     plan = intake.plan(req, settings.max_items_per_batch)
+    intake.check_callback(req, AddressPolicy(settings.callback_allow_private))
     digest = hashlib.sha256(mimetype.encode() + b"\n" + request.query_string + b"\n" + raw).hexdigest()
     session = db()
     prune: list[str] = []

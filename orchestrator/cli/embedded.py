@@ -85,6 +85,7 @@ class EmbeddedStack:
             "FAL_KEY": FAL_DEV_KEY, "RUNWARE_API_KEY": RUNWARE_DEV_KEY,
             "ORCH_FAL_QUEUE_URL": self.fal.url, "ORCH_RUNWARE_API_URL": f"{self.runware.url}/v1",
             "ORCH_FAL_JWKS_URL": f"{self.fal.url}/.well-known/jwks.json", "ORCH_DOWNLOAD_ALLOWED_HOSTS": hosts,
+            "ORCH_DOWNLOAD_ALLOW_PRIVATE": "true",  # the sandboxes serve their images on loopback
             "ORCH_FAL_MAX_IN_FLIGHT": "8", "ORCH_RUNWARE_MAX_IN_FLIGHT": "8",
             "ORCH_FAL_RATE_PER_SECOND": "50", "ORCH_RUNWARE_RATE_PER_SECOND": "50",
             "ORCH_SWEEP_INTERVAL_SECONDS": "2", "ORCH_POLL_AFTER_SECONDS": "10",

@@ -4,7 +4,8 @@ All I/O goes through an injected `httpx.Client`. Errors form one small tree, and
 carries `transient` (worth retrying the same step later):
 
     ImageError
-    ├── DisallowedHost   scheme, host or port not on the allow-list; no request was made
+    ├── DisallowedHost   scheme, host or port not on the allow-list, or the host resolved to an
+    │                    internal address (a client built by netpolicy.guarded_client); no request was made
     ├── TooLarge         body above the size cap (declared or streamed)
     ├── DownloadFailed   network error or bad status; `expired` for 404/410
     ├── InvalidImage     does not decode, wrong format or wrong dimensions
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 import httpx
 from PIL import Image
 
+from orchestrator.netpolicy import AddressRefused
 from orchestrator.redact import redact_text, redact_url
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
@@ -156,6 +158,9 @@ def download_image(
                     continue
                 _check_download_status(resp.status_code, current)
                 return _read_capped(resp, max_bytes, deadline)
+        except AddressRefused as exc:
+            # The allowed name resolved to an internal address: refused like a host off the list.
+            raise DisallowedHost(f"address not allowed for {redact_url(current)}: {exc}") from None
         except httpx.TransportError as exc:
             raise DownloadFailed(_transport_message("GET", current, exc), transient=True) from None
     raise DownloadFailed(f"too many redirects from {redact_url(url)}", transient=False)
