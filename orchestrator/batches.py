@@ -124,19 +124,24 @@ def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime, extra
             session.execute(sa.insert(JobEvent), events[start:start + 5000])
 
 
-def get_batch(session: Session, tenant: str, batch_id: str | uuid.UUID) -> Batch:
-    """One batch of this tenant, or NotFound (another tenant's batch is also NotFound)."""
+def get_batch(session: Session, tenant: str | None, batch_id: str | uuid.UUID) -> Batch:
+    """One batch of this tenant, or NotFound (another tenant's batch is also NotFound).
+
+    `tenant=None` is the operator's view (the dashboard): any tenant's batch.
+    """
     bid = _uuid(batch_id)
-    batch = session.execute(sa.select(Batch).where(Batch.id == bid, Batch.tenant == tenant)).scalar_one_or_none()
+    q = sa.select(Batch).where(Batch.id == bid)
+    batch = session.execute(q if tenant is None else q.where(Batch.tenant == tenant)).scalar_one_or_none()
     if batch is None:
         raise NotFound(f"no batch {batch_id}")
     return batch
 
 
-def get_job(session: Session, tenant: str, job_id: str | uuid.UUID) -> Job:
-    """One job of this tenant, or NotFound."""
+def get_job(session: Session, tenant: str | None, job_id: str | uuid.UUID) -> Job:
+    """One job of this tenant (any tenant's for `tenant=None`), or NotFound."""
     jid = _uuid(job_id)
-    job = session.execute(sa.select(Job).where(Job.id == jid, Job.tenant == tenant)).scalar_one_or_none()
+    q = sa.select(Job).where(Job.id == jid)
+    job = session.execute(q if tenant is None else q.where(Job.tenant == tenant)).scalar_one_or_none()
     if job is None:
         raise NotFound(f"no job {job_id}")
     return job
@@ -148,20 +153,116 @@ def job_events(session: Session, job_id: uuid.UUID) -> list[JobEvent]:
                                 .order_by(JobEvent.id)).scalars())
 
 
-def list_batches(session: Session, tenant: str, *, states: list[str], cursor: str | None,
-                 limit: int) -> tuple[list[Batch], str | None]:
-    """Newest first, keyset-paginated on (created_at, id)."""
-    q = sa.select(Batch).where(Batch.tenant == tenant)
+def list_batches(session: Session, tenant: str | None, *, states: list[str], cursor: str | None, limit: int,
+                 filters: BatchFilter | None = None, sort: str = "-created") -> tuple[list[Batch], str | None]:
+    """Batches matching `filters`, keyset-paginated on (sort key, id); newest first by default.
+
+    The API passes the key's tenant; the dashboard passes None (every tenant) or the tenant filter.
+    """
+    f = filters or BatchFilter()
+    q = f.apply(sa.select(Batch), tenant)
     if states:
         q = q.where(Batch.state.in_([_enum(BatchState, s) for s in states]))
+    column, descending = _sort_column(sort)
     if cursor:
-        created, bid = _decode_cursor(cursor)
-        q = q.where(sa.tuple_(Batch.created_at, Batch.id) < (datetime.fromisoformat(created), uuid.UUID(bid)))
-    rows = list(session.execute(q.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)).scalars())
+        parts = _decode_cursor(cursor)
+        if len(parts) != 2:
+            raise InvalidQuery("the cursor is not one this API issued")
+        value, bid = parts
+        key = (_cursor_value(sort, value), _cursor_uuid(bid))
+        q = q.where(sa.tuple_(column, Batch.id) < key if descending else sa.tuple_(column, Batch.id) > key)
+    order = (column.desc(), Batch.id.desc()) if descending else (column.asc(), Batch.id.asc())
+    rows = list(session.execute(q.order_by(*order).limit(limit + 1)).scalars())
     more = len(rows) > limit
     rows = rows[:limit]
-    nxt = _encode_cursor([rows[-1].created_at.isoformat(), str(rows[-1].id)]) if more else None
+    nxt = _encode_cursor([_cursor_text(getattr(rows[-1], column.key)), str(rows[-1].id)]) if more else None
     return rows, nxt
+
+
+SORTS = {"created": Batch.created_at, "cost": Batch.cost, "total": Batch.total, "name": Batch.name}
+
+
+@dataclass(frozen=True)
+class BatchFilter:
+    """What a batch list may be narrowed by (the dashboard's filter bar, also /v1/batches)."""
+
+    provider: str | None = None
+    model: str | None = None
+    lane: str | None = None
+    schedule_id: uuid.UUID | None = None
+    tenant: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    search: str | None = None
+    parent_batch_id: uuid.UUID | None = None
+
+    def apply(self, q: sa.Select[Any], tenant: str | None) -> sa.Select[Any]:
+        """Add this filter's conditions to a SELECT over batches."""
+        if tenant is not None:
+            q = q.where(Batch.tenant == tenant)
+        if self.tenant:
+            q = q.where(Batch.tenant == self.tenant)
+        if self.lane:
+            q = q.where(Batch.lane == self.lane)
+        if self.schedule_id:
+            q = q.where(Batch.schedule_id == self.schedule_id)
+        if self.parent_batch_id:
+            q = q.where(Batch.parent_batch_id == self.parent_batch_id)
+        if self.created_from:
+            q = q.where(Batch.created_at >= self.created_from)
+        if self.created_to:
+            q = q.where(Batch.created_at < self.created_to)
+        if self.provider or self.model:
+            # Answered from ix_jobs_batch_provider_model, one short index probe per batch.
+            uses = sa.select(Job.id).where(Job.batch_id == Batch.id)
+            if self.provider:
+                uses = uses.where(Job.provider == self.provider)
+            if self.model:
+                uses = uses.where(sa.or_(Job.model == self.model, Job.requested_model == self.model))
+            q = q.where(uses.exists())
+        if self.search:
+            pattern = "%" + self.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            # The prompt side uses the trigram index on params->>'prompt'.
+            prompts = sa.select(Job.batch_id).where(Job.params["prompt"].as_string().ilike(pattern))
+            q = q.where(sa.or_(Batch.name.ilike(pattern), Batch.id.in_(prompts)))
+        return q
+
+
+def _sort_column(sort: str) -> tuple[Any, bool]:
+    descending = sort.startswith("-")
+    column = SORTS.get(sort.lstrip("-"))
+    if column is None:
+        raise InvalidQuery(f"unknown sort {sort!r}; use one of {', '.join(SORTS)} (prefix - for descending)")
+    return column, descending
+
+
+def _cursor_text(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _cursor_value(sort: str, value: Any) -> Any:
+    try:
+        name = sort.lstrip("-")
+        if name == "created":
+            return datetime.fromisoformat(value)
+        if name == "cost":
+            return Decimal(value)
+        if name == "total":
+            return int(value)
+        return str(value)
+    except (ValueError, ArithmeticError, TypeError):
+        raise InvalidQuery("the cursor is not one this API issued") from None
+
+
+def _cursor_uuid(value: Any) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidQuery("the cursor is not one this API issued") from None
 
 
 def list_jobs(session: Session, batch: Batch, *, states: list[str], cursor: str | None,
@@ -236,6 +337,7 @@ def batch_out(batch: Batch) -> BatchOut:
         callback_url=batch.callback_url, metadata=batch.metadata_,
         created_at=iso(batch.created_at) or "", started_at=iso(batch.started_at),
         completed_at=iso(batch.completed_at), catalog=catalog_summary(batch),
+        parent_batch_id=str(batch.parent_batch_id) if batch.parent_batch_id else None,
     )
 
 
@@ -274,3 +376,16 @@ def job_json(job: Job) -> dict[str, Any]:
     """The public form of a job as JSON data."""
     return job_out(job).model_dump(mode="json")
 
+
+
+def provider_mix(session: Session, batch_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, str, int]]]:
+    """Per batch: (provider, model, jobs), from ix_jobs_batch_provider_model."""
+    out: dict[uuid.UUID, list[tuple[str, str, int]]] = {}
+    if not batch_ids:
+        return out
+    rows = session.execute(sa.select(Job.batch_id, Job.provider, Job.model, sa.func.count())
+                           .where(Job.batch_id.in_(batch_ids)).group_by(Job.batch_id, Job.provider, Job.model)
+                           .order_by(Job.batch_id, sa.func.count().desc())).all()
+    for batch_id, provider, model, n in rows:
+        out.setdefault(batch_id, []).append((provider, model, n))
+    return out

@@ -159,6 +159,7 @@ class BatchOut(BaseModel):
     completed_at: str | None = Timestamp()
     catalog: dict[str, Any] | None = Field(default=None, description="catalog batches: rows read / new / changed / "
                                                                      "unchanged / removed / failed")
+    parent_batch_id: str | None = Field(default=None, description="the batch this one re-renders, if any")
 
 
 class CancelOut(BatchOut):
@@ -242,6 +243,7 @@ class CallbackSecretOut(BaseModel):
 class ManifestImage(BaseModel):
     """One stored image of a job in the results manifest."""
 
+    asset_id: str | None = Field(default=None, description="the image's id (for picks and re-render)")
     index: int
     storage_key: str
     url: str
@@ -335,3 +337,52 @@ class BatchHeaders(BaseModel):
 
     idempotency_key: str | None = Field(default=None, alias="Idempotency-Key", min_length=1, max_length=200,
                                         description="a replay with the same key and body returns the same batch")
+
+
+class PicksIn(BaseModel):
+    """POST /v1/batches/<id>/picks: images (asset ids, as in the results manifest) to pick and un-pick."""
+
+    model_config = ConfigDict(extra="forbid")
+    add: list[str] = Field(default_factory=list, max_length=5000)
+    remove: list[str] = Field(default_factory=list, max_length=5000)
+
+
+class PickOut(BaseModel):
+    """One picked image with a fresh presigned link."""
+
+    asset_id: str = Uuid()
+    job_id: str = Uuid()
+    custom_id: str
+    position: int
+    index: int
+    prompt: str | None
+    seed: int | None
+    width: int | None
+    height: int | None
+    provider: str
+    model: str
+    sha256: str | None
+    content_type: str | None
+    bytes: int | None
+    storage_key: str
+    url: str
+
+
+class PicksOut(BaseModel):
+    """A batch's picks (after a change, with how many were added and removed)."""
+
+    data: list[PickOut]
+    added: int = 0
+    removed: int = 0
+
+
+class RerenderIn(BaseModel):
+    """POST /v1/batches/<id>/rerender: which images or jobs (none = all), on which model, same or new seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+    asset_ids: list[str] = Field(default_factory=list, max_length=10_000, description="single images (seed kept)")
+    job_ids: list[str] = Field(default_factory=list, max_length=10_000, description="whole jobs")
+    picks: bool = Field(default=False, description="re-render the batch's picks")
+    model: str | None = Field(default=None, max_length=200, description="target model; default: each job's own")
+    new_seeds: bool = Field(default=False, description="draw new seeds (variations) instead of reusing them")
+    name: str | None = Field(default=None, max_length=200)

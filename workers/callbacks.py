@@ -11,7 +11,7 @@ from celery import shared_task
 
 from orchestrator import batches, queue, signing
 from orchestrator.db import iso, utcnow
-from orchestrator.models import Batch
+from orchestrator.models import Batch, CallbackAttempt
 from orchestrator.netpolicy import AddressRefused
 from orchestrator.redact import redact_url
 from workers.context import Context, ctx
@@ -61,16 +61,26 @@ def notify(c: Context, batch_id: uuid.UUID) -> str:
         # forever by the sweep; the refusal is logged for the operator.
         log.warning("batch callback refused", extra={"batch_id": str(batch_id), "reason": str(exc)})
         with c.session() as session:
+            session.add(CallbackAttempt(batch_id=batch_id, round=rnd, outcome=f"address refused: {exc}"[:200]))
             refused = session.get(Batch, batch_id)
             if refused is not None and refused.notified_round < rnd:
                 refused.notified_round = rnd
         return f"refused: {exc}"
     except httpx.HTTPError as exc:
+        _attempt(c, batch_id, rnd, None, type(exc).__name__)
         raise CallbackFailed(f"{redact_url(url)}: {type(exc).__name__}") from None
     if not 200 <= resp.status_code < 300:
+        _attempt(c, batch_id, rnd, resp.status_code, "not accepted")
         raise CallbackFailed(f"{redact_url(url)} answered {resp.status_code}")
     with c.session() as session:
+        session.add(CallbackAttempt(batch_id=batch_id, round=rnd, status_code=resp.status_code, outcome="delivered"))
         batch = session.get(Batch, batch_id)
         if batch is not None and batch.notified_round < rnd:
             batch.notified_round = rnd
     return "sent"
+
+
+def _attempt(c: Context, batch_id: uuid.UUID, rnd: int, status: int | None, outcome: str) -> None:
+    """Keep a failed try for the dashboard (the URL is not stored: it may carry a secret)."""
+    with c.session() as session:
+        session.add(CallbackAttempt(batch_id=batch_id, round=rnd, status_code=status, outcome=outcome[:200]))

@@ -6,8 +6,9 @@ import uuid
 
 from flask import Flask, Response, g, request
 
+from orchestrator import dashboard
 from orchestrator.api import auth as _auth  # noqa: F401  (problem types)
-from orchestrator.api import context, health, problems, results, schedules, v1, webhooks
+from orchestrator.api import context, health, picks, problems, results, schedules, v1, webhooks
 from orchestrator.log import reset
 from orchestrator.settings import Settings, get_settings
 from orchestrator.storage.local import LocalStorage
@@ -28,6 +29,8 @@ def create_app(settings: Settings | None = None, services: context.Services | No
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(results.bp)
     app.register_blueprint(schedules.bp)
+    app.register_blueprint(picks.bp)
+    dashboard.install(app, settings)
     if isinstance(svc.storage, LocalStorage):
         # The embedded default serves its own signed, expiring storage URLs.
         app.register_blueprint(make_storage_blueprint(svc.storage))

@@ -57,7 +57,7 @@ def _assets(session: sa.orm.Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID
 
 def manifest_line(job: Job, assets: list[Asset], storage: Storage) -> ManifestLine:
     """One job's manifest entry."""
-    images = [ManifestImage(index=a.index, storage_key=a.storage_key,
+    images = [ManifestImage(asset_id=str(a.id), index=a.index, storage_key=a.storage_key,
                             url=storage.presign_get(a.storage_key, LINK_SECONDS), sha256=a.sha256, width=a.width,
                             height=a.height, content_type=a.content_type, bytes=a.bytes,
                             seed=int(a.seed) if a.seed is not None else None, nsfw=a.nsfw)
