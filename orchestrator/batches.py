@@ -6,20 +6,21 @@ import base64
 import json
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
-from orchestrator import state
+from orchestrator import budget, pricing, state
 from orchestrator.db import iso, new_id, utcnow
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.intake import Plan
 from orchestrator.models import Asset, Batch, BatchState, Job, JobEvent, JobState
+from orchestrator.pricing import JobEstimate, Price
 from orchestrator.schemas import BatchOut, JobOut
 
 PAGE_MAX = 500
@@ -36,14 +37,32 @@ class Extras:
     summary: dict[str, Any] | None = None
 
 
+def estimate_plan(session: Session, tenant: str, plan: Plan, prices: Mapping[str, Price],
+                  free: Iterable[int] = ()) -> tuple[list[JobEstimate], dict[str, Any]]:
+    """Price every job of a validated batch and check it can fit its caps (BudgetExceeded if not).
+
+    Jobs at the `free` positions (reused catalog images) are never sent and cost nothing.
+    """
+    skip = set(free)
+    estimates = [pricing.estimate_job(prices, j.requested_model, j.model, j.params) for j in plan.jobs
+                 if j.position not in skip]
+    cap = plan.request.max_cost_usd
+    budget.check_fits(session, tenant, estimates, Decimal(str(cap)) if cap is not None else None)
+    return estimates, pricing.summarize(estimates)
+
+
 def create_batch(session: Session, tenant: str, plan: Plan, *, idempotency_key: str | None,
-                 request_hash: str | None, extras: Extras | None = None) -> tuple[Batch, bool]:
-    """Insert a batch and all its jobs; return (batch, created). Replays an idempotent request."""
+                 request_hash: str | None, extras: Extras | None = None,
+                 prices: Mapping[str, Price] | None = None) -> tuple[Batch, bool]:
+    """Insert a batch and all its jobs; return (batch, created). Replays an idempotent request.
+
+    Raises BudgetExceeded (nothing written) when the batch could never fit a cap.
+    """
     existing = find_replay(session, tenant, idempotency_key, request_hash)
     if existing is not None:
         return existing, False
     return insert_batch(session, tenant, plan, idempotency_key=idempotency_key, request_hash=request_hash,
-                        extras=extras), True
+                        extras=extras, prices=prices), True
 
 
 def find_replay(session: Session, tenant: str, idempotency_key: str | None,
@@ -60,28 +79,38 @@ def find_replay(session: Session, tenant: str, idempotency_key: str | None,
 
 
 def insert_batch(session: Session, tenant: str, plan: Plan, *, idempotency_key: str | None,
-                 request_hash: str | None, extras: Extras | None = None) -> Batch:
-    """Write a new batch and its jobs in the caller's transaction."""
+                 request_hash: str | None, extras: Extras | None = None,
+                 prices: Mapping[str, Price] | None = None) -> Batch:
+    """Write a new batch and its jobs in the caller's transaction (BudgetExceeded: nothing written)."""
     extras = extras or Extras()
     req = plan.request
+    estimates, summary = estimate_plan(session, tenant, plan, prices or pricing.DEFAULT_PRICES, extras.reused)
+    costs = iter(e.cost for e in estimates)
+    job_costs = {j.position: Decimal(0) if j.position in extras.reused else next(costs) for j in plan.jobs}
     now = utcnow()
     reused = len(extras.reused)
     batch = Batch(id=new_id(), tenant=tenant, name=req.name, lane=req.lane,
                   callback_url=str(req.callback_url) if req.callback_url else None,
                   metadata_=req.metadata, idempotency_key=idempotency_key, request_hash=request_hash,
                   total=len(plan.jobs), count_queued=len(plan.jobs) - reused, count_succeeded=reused,
-                  state=BatchState.queued, created_at=now, catalog_summary=extras.summary)
+                  state=BatchState.queued, created_at=now, catalog_summary=extras.summary,
+                  estimated_cost=Decimal(str(summary["estimated_cost"])),
+                  max_cost_usd=Decimal(str(req.max_cost_usd)) if req.max_cost_usd is not None else None)
     session.add(batch)
     session.flush()
-    insert_jobs(session, batch, plan, now, extras)
+    insert_jobs(session, batch, plan, now, extras, job_costs)
     if reused:
         # Starts the batch, and finishes it at once when every row was unchanged.
         state.shift_counts(session, batch.id, {}, now=now)
     return batch
 
 
-def job_rows(batch: Batch, plan: Plan, now: datetime, extras: Extras | None = None) -> list[dict[str, Any]]:
-    """The `jobs` rows of a new batch, keyed by column attribute (also used by bench/intake.py)."""
+def job_rows(batch: Batch, plan: Plan, now: datetime, extras: Extras | None = None,
+             costs: Mapping[int, Decimal] | None = None) -> list[dict[str, Any]]:
+    """The `jobs` rows of a new batch, keyed by column attribute (also used by bench/intake.py).
+
+    `costs` are the table estimates by position (what a budget counts while the job is in flight).
+    """
     refs = extras.catalog_refs if extras else {}
     reused = extras.reused if extras else {}
     rows = []
@@ -90,18 +119,21 @@ def job_rows(batch: Batch, plan: Plan, now: datetime, extras: Extras | None = No
                "custom_id": j.custom_id, "lane": batch.lane, "requested_model": j.requested_model,
                "provider": j.provider, "model": j.model, "params": j.params, "num_images": j.num_images,
                "state": JobState.queued, "attempt": 0, "retries": 0, "next_attempt_at": now,
-               "callback_token": secrets.token_urlsafe(24), "created_at": now, "updated_at": now}
+               "callback_token": secrets.token_urlsafe(24), "created_at": now, "updated_at": now,
+               "estimated_cost": costs.get(j.position) if costs else None}
         if refs:
             row["catalog_ref"] = refs.get(j.position)
         if j.position in reused:
-            row.update(state=JobState.succeeded, next_attempt_at=None, completed_at=now, cost=Decimal(0))
+            row.update(state=JobState.succeeded, next_attempt_at=None, completed_at=now, cost=Decimal(0),
+                       cost_source="priced")
         rows.append(row)
     return rows
 
 
-def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime, extras: Extras | None = None) -> None:
+def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime, extras: Extras | None = None,
+                costs: Mapping[int, Decimal] | None = None) -> None:
     """Bulk-insert the jobs of a new batch (executemany in pages), with reused images as assets."""
-    rows = job_rows(batch, plan, now, extras)
+    rows = job_rows(batch, plan, now, extras, costs)
     for start in range(0, len(rows), 5000):
         session.execute(sa.insert(Job), rows[start:start + 5000])
     if extras and extras.reused:
@@ -116,7 +148,8 @@ def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime, extra
             assets += [{"id": new_id(), "job_id": job_id, "index": im["index"], "storage_key": im["storage_key"],
                         "content_type": im.get("content_type"), "width": im.get("width"),
                         "height": im.get("height"), "bytes": im.get("bytes"), "sha256": im.get("sha256"),
-                        "seed": im.get("seed"), "cost": Decimal(0), "created_at": now, "stored_at": now}
+                        "seed": im.get("seed"), "cost": Decimal(0), "cost_source": "priced", "created_at": now,
+                        "stored_at": now}
                        for im in images]
         for start in range(0, len(assets), 5000):
             session.execute(sa.insert(Asset), assets[start:start + 5000])
@@ -331,9 +364,13 @@ def _decode_cursor(cursor: str) -> list[Any]:
 
 def batch_out(batch: Batch) -> BatchOut:
     """The public form of a batch (the model the API returns and documents)."""
+    session = object_session(batch)
+    held = budget.held_counts(session, [batch.id]).get(batch.id, 0) if session and batch.count_queued else 0
     return BatchOut(
         id=str(batch.id), name=batch.name, lane=batch.lane, state=batch.state.value,
         total=batch.total, counts=batch.counts(), cost=float(batch.cost or 0),
+        estimated_cost=float(batch.estimated_cost or 0),
+        max_cost_usd=float(batch.max_cost_usd) if batch.max_cost_usd is not None else None, held_by_budget=held,
         callback_url=batch.callback_url, metadata=batch.metadata_,
         created_at=iso(batch.created_at) or "", started_at=iso(batch.started_at),
         completed_at=iso(batch.completed_at), catalog=catalog_summary(batch),
@@ -363,6 +400,9 @@ def job_fields(job: Job) -> dict[str, Any]:
         "provider": job.provider, "state": job.state.value, "attempt": job.attempt, "params": job.params,
         "provider_request_id": job.provider_request_id, "error_code": job.error_code,
         "error_message": job.error_message, "cost": float(job.cost) if job.cost is not None else None,
+        "cost_source": job.cost_source,
+        "estimated_cost": float(job.estimated_cost) if job.estimated_cost is not None else None,
+        "hold_reason": job.hold_reason if job.state is JobState.queued else None,
         "created_at": iso(job.created_at) or "", "completed_at": iso(job.completed_at),
     }
 

@@ -14,7 +14,7 @@ verified all of them (workers/storage.py), so a failed night leaves the previous
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +28,7 @@ from orchestrator.db import upsert_insert, utcnow
 from orchestrator.errors import BatchRejected, ItemProblem
 from orchestrator.intake import Plan
 from orchestrator.models import Asset, Batch, CatalogEntry
+from orchestrator.pricing import Price
 from orchestrator.storage.base import Storage
 
 OUTCOMES = ("read", "new", "changed", "unchanged", "removed")
@@ -160,7 +161,8 @@ class Created:
 
 def create(session: Session, tenant: str, plan: Plan, exists: Exists, *, default_name: str | None,
            only_changed: bool, idempotency_key: str | None, request_hash: str | None,
-           read: int | None = None, source: str | None = None) -> Created:
+           read: int | None = None, source: str | None = None,
+           prices: Mapping[str, Price] | None = None) -> Created:
     """Write a catalog batch: diff against the index when `only_changed`, record the summary."""
     replay = batches.find_replay(session, tenant, idempotency_key, request_hash)
     if replay is not None:
@@ -173,7 +175,7 @@ def create(session: Session, tenant: str, plan: Plan, exists: Exists, *, default
             raise BatchRejected([ItemProblem(None, None, "catalog.name", "is required with only_changed: it names "
                                              "the catalog whose stored images are reused")])
         return Created(batches.insert_batch(session, tenant, plan, idempotency_key=idempotency_key,
-                                            request_hash=request_hash), True, [])
+                                            request_hash=request_hash, prices=prices), True, [])
     refs = row_refs(plan, tenant, name)
     now = utcnow()
     if only_changed:
@@ -187,7 +189,7 @@ def create(session: Session, tenant: str, plan: Plan, exists: Exists, *, default
                       for r in refs},
         reused=result.reused, summary=summary)
     batch = batches.insert_batch(session, tenant, plan, idempotency_key=idempotency_key,
-                                 request_hash=request_hash, extras=extras)
+                                 request_hash=request_hash, extras=extras, prices=prices)
     for outcome in OUTCOMES:
         if counts[outcome]:
             metrics.incr(session, "orchestrator_catalog_rows_total", counts[outcome], outcome=outcome)

@@ -82,9 +82,11 @@ def parse_jsonl(raw: bytes, options: Mapping[str, str], max_items: int) -> Batch
     if not items:
         raise BatchRejected([ItemProblem(None, None, "body", "no items: the JSONL body is empty")])
     data: dict[str, Any] = {"items": items}
-    for key in ("name", "lane", "callback_url"):
+    for key in ("name", "lane", "callback_url", "max_cost_usd"):
         if options.get(key):
             data[key] = options[key]
+    if options.get("dry_run"):
+        data["dry_run"] = options["dry_run"]
     if options.get("model"):
         data["defaults"] = {"model": options["model"]}
     return _validate(data)

@@ -56,10 +56,24 @@ def render(session: Session, settings: Settings) -> str:
         limit, _ = settings.provider_limits(provider)
         lines.append(f'orchestrator_in_flight{{provider="{provider}"}} {flying.get(provider, 0)}')
         lines.append(f'orchestrator_in_flight_limit{{provider="{provider}"}} {limit}')
+    _spend(lines, session)
     _counters(lines, session)
     _last_runs(lines, session)
     _latency(lines, session)
     return "\n".join(lines) + "\n"
+
+
+def _spend(lines: list[str], session: Session) -> None:
+    """Recorded spend per provider, model and cost source (a sum over jobs, so it never drifts)."""
+    name = "orchestrator_spend_usd"
+    rows = session.execute(sa.select(Job.provider, Job.model, Job.cost_source, sa.func.sum(Job.cost))
+                           .where(Job.cost.is_not(None)).group_by(Job.provider, Job.model, Job.cost_source)
+                           .order_by(Job.provider, Job.model, Job.cost_source)).all()
+    lines += [f"# HELP {name} USD spent: provider-reported or priced from the table",
+              f"# TYPE {name} gauge"]
+    for provider, model, source, total in rows:
+        lines.append(f'{name}{{provider="{provider}",model="{_escape(model)}",source="{source or ""}"}} '
+                     f"{float(total or 0):.6f}")
 
 
 def _gauge(lines: list[str], name: str, help_: str, rows: Iterable[tuple[object, int]], label: str,

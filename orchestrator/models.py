@@ -79,6 +79,9 @@ class Batch(Base):
     count_failed: Mapped[int] = mapped_column(default=0)
     count_cancelled: Mapped[int] = mapped_column(default=0)
     cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    # The table estimate at submit, and the batch's own cap (dispatch never crosses it).
+    estimated_cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    max_cost_usd: Mapped[Decimal | None] = mapped_column(Money)
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp())
     completed_at: Mapped[datetime | None] = mapped_column(Timestamp())
@@ -110,6 +113,7 @@ class Job(Base):
         # The dashboard's prompt search (ILIKE '%...%') at a million jobs; needs pg_trgm (the migration adds it).
         sa.Index("ix_jobs_prompt_trgm", sa.literal_column("(params ->> 'prompt')").label("prompt"),
                  postgresql_using="gin", postgresql_ops={"prompt": "gin_trgm_ops"}),
+        sa.Index("ix_jobs_tenant_charged", "tenant", "charged_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -142,6 +146,14 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(sa.String(80))
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     cost: Mapped[Decimal | None] = mapped_column(Money)
+    # `reported` by the provider or `priced` from the price table.
+    cost_source: Mapped[str | None] = mapped_column(sa.String(16))
+    # The table price of the current model and size: what a budget counts while the job is in flight.
+    estimated_cost: Mapped[Decimal | None] = mapped_column(Money)
+    # When dispatch admitted the job against the budgets: the day and month its spend counts in.
+    charged_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    # Why a queued job is waiting (`budget`), shown as the batch's held_by_budget count.
+    hold_reason: Mapped[str | None] = mapped_column(sa.String(16))
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
     submitted_at: Mapped[datetime | None] = mapped_column(Timestamp())
@@ -175,6 +187,7 @@ class Asset(Base):
     seed: Mapped[str | None] = mapped_column(sa.String(40))
     nsfw: Mapped[bool | None] = mapped_column()
     cost: Mapped[Decimal | None] = mapped_column(Money)
+    cost_source: Mapped[str | None] = mapped_column(sa.String(16))
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
     stored_at: Mapped[datetime | None] = mapped_column(Timestamp())
 
@@ -316,6 +329,22 @@ class ProviderAccount(Base):
     blocked_until: Mapped[datetime | None] = mapped_column(Timestamp())
     consecutive_failures: Mapped[int] = mapped_column(default=0)
     breaker_open_until: Mapped[datetime | None] = mapped_column(Timestamp())
+
+
+class TenantBudget(Base):
+    """A tenant's spending caps per calendar day and month, in its timezone.
+
+    Dispatch locks this row while it admits the tenant's jobs, so the caps hold across any
+    number of workers claiming for any provider (the same mechanism as provider_accounts).
+    """
+
+    __tablename__ = "tenant_budgets"
+
+    tenant: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    daily_usd: Mapped[Decimal | None] = mapped_column(Money)
+    monthly_usd: Mapped[Decimal | None] = mapped_column(Money)
+    timezone: Mapped[str] = mapped_column(sa.String(64), default="UTC")
+    updated_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
 
 
 class Heartbeat(Base):

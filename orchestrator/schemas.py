@@ -116,6 +116,10 @@ class BatchRequest(BaseModel):
     items: list[Item] | None = Field(default=None, min_length=1)
     matrix: Matrix | None = None
     catalog: Catalog | None = None
+    max_cost_usd: float | None = Field(default=None, gt=0, le=1_000_000,
+                                       description="dispatch never lets this batch's spend pass this many USD")
+    dry_run: bool = Field(default=False, description="validate and estimate only (answers an Estimate); "
+                                                     "nothing is written")
 
     @model_validator(mode="after")
     def _exactly_one_form(self) -> BatchRequest:
@@ -123,6 +127,13 @@ class BatchRequest(BaseModel):
         if len(given) != 1:
             raise ValueError("give exactly one of items, matrix or catalog")
         return self
+
+    @field_validator("max_cost_usd", mode="before")
+    @classmethod
+    def _no_bool_cost(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be a number of USD")
+        return v
 
     @field_validator("callback_url")
     @classmethod
@@ -151,7 +162,10 @@ class BatchOut(BaseModel):
     state: str
     total: int
     counts: dict[str, int]
-    cost: float
+    cost: float = Field(description="USD recorded so far: reported by the provider or priced from the table")
+    estimated_cost: float = Field(description="USD estimated at submit from the price table")
+    max_cost_usd: float | None
+    held_by_budget: int = Field(description="queued jobs waiting because a budget cap would be crossed")
     callback_url: str | None
     metadata: dict[str, Any]
     created_at: str = Timestamp()
@@ -191,6 +205,9 @@ class JobOut(BaseModel):
     error_code: str | None
     error_message: str | None
     cost: float | None
+    cost_source: Literal["reported", "priced"] | None
+    estimated_cost: float | None
+    hold_reason: Literal["budget"] | None = Field(description="why a queued job waits")
     created_at: str = Timestamp()
     completed_at: str | None = Timestamp()
 
@@ -234,6 +251,81 @@ class ModelsOut(BaseModel):
     aliases: dict[str, list[str]]
 
 
+class ModelEstimate(BaseModel):
+    """The estimate for one provider and model."""
+
+    provider: str
+    model: str
+    jobs: int
+    images: int
+    megapixels: float
+    cost: float
+
+
+class BudgetOut(BaseModel):
+    """A tenant's caps and its spend today and this month (its timezone's calendar)."""
+
+    tenant: str
+    timezone: str
+    daily_usd: float | None
+    monthly_usd: float | None
+    spent_today_usd: float
+    spent_this_month_usd: float
+    currency: str
+
+
+class BudgetIn(BaseModel):
+    """PUT /v1/budget: caps in USD (null removes one); fields not given keep their value."""
+
+    daily_usd: float | str | None = None
+    monthly_usd: float | str | None = None
+    timezone: str | None = Field(default=None, description="IANA name, e.g. Europe/Berlin (default UTC)")
+
+
+class EstimateBudget(BudgetOut):
+    """The tenant's budget as a dry run sees it, with the batch's own cap."""
+
+    max_cost_usd: float | None
+
+
+class Estimate(BaseModel):
+    """A dry run's answer: what the batch would cost, per provider and model; nothing was written."""
+
+    dry_run: Literal[True]
+    jobs: int
+    images: int
+    megapixels: float = Field(description="billed megapixels (fal rounds each image up)")
+    estimated_cost: float = Field(description="USD on each job's first model")
+    cost_range: dict[str, float] = Field(description="min and max USD if family aliases fail over")
+    by_model: list[ModelEstimate]
+    currency: str
+    budget: EstimateBudget
+
+
+class BatchPatch(BaseModel):
+    """PATCH /v1/batches/<id>: change the batch's cap (null removes it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_cost_usd: float | str | None
+
+
+class PriceOut(BaseModel):
+    """One model's price."""
+
+    model: str
+    provider: str
+    usd_per_megapixel: float
+    megapixel_rounding: str
+    source: str
+
+
+class PricesOut(BaseModel):
+    """The price table in use: defaults with ORCH_PRICES applied."""
+
+    data: list[PriceOut]
+    currency: str
+
+
 class CallbackSecretOut(BaseModel):
     """This tenant's Standard Webhooks signing secret."""
 
@@ -254,6 +346,8 @@ class ManifestImage(BaseModel):
     bytes: int | None
     seed: int | None
     nsfw: bool | None
+    cost: float | None
+    cost_source: Literal["reported", "priced"] | None
 
 
 class ManifestError(BaseModel):
@@ -276,6 +370,7 @@ class ManifestLine(BaseModel):
     images: list[ManifestImage]
     seed: int | None
     cost: float | None
+    cost_source: Literal["reported", "priced"] | None
     error: ManifestError | None
 
 
@@ -330,6 +425,8 @@ class BatchOptions(BaseModel):
     lane: Literal["interactive", "bulk"] | None = None
     callback_url: str | None = Field(default=None, max_length=2000, json_schema_extra={"format": "uri"})
     model: str | None = Field(default=None, max_length=200, description="default model of every line")
+    max_cost_usd: str | None = Field(default=None, max_length=40, description="the batch's USD cap")
+    dry_run: str | None = Field(default=None, max_length=5, description="true: estimate only, write nothing")
 
 
 class BatchHeaders(BaseModel):

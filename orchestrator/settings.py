@@ -12,11 +12,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from orchestrator.catalog_source import SourcePolicy
+    from orchestrator.pricing import Price
 
 
 class Settings(BaseSettings):
@@ -72,7 +73,21 @@ class Settings(BaseSettings):
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
     store_concurrency: int = Field(default=4, ge=1)
+    # Price overrides (JSON or a JSON file's path, see orchestrator.pricing) and how often jobs
+    # held by a budget cap are looked at again (a finished or failed job may have freed budget).
+    prices: str = ""
+    budget_recheck_seconds: float = Field(default=15.0, gt=0)
     worker_concurrency: int = Field(default=4, ge=1)
+
+    @field_validator("prices")
+    @classmethod
+    def _valid_prices(cls, value: str) -> str:
+        _price_table(value)  # a bad override stops start-up with a message naming the model
+        return value
+
+    def price_table(self) -> Mapping[str, Price]:
+        """The price table with ORCH_PRICES applied."""
+        return _price_table(self.prices)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -149,6 +164,13 @@ class Settings(BaseSettings):
         """Every configured secret value, for redaction."""
         values = (self.secret_key, self.fal_key, self.runware_api_key)
         return tuple(v.get_secret_value() for v in values if v.get_secret_value())
+
+
+@lru_cache(maxsize=8)
+def _price_table(setting: str) -> Mapping[str, Price]:
+    from orchestrator.pricing import load_prices
+
+    return load_prices(setting)
 
 
 @lru_cache(maxsize=1)

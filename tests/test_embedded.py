@@ -75,6 +75,10 @@ def test_demo_from_the_installed_package(installed: Path, tmp_path: Path) -> Non
     with Image.open(out / "contact-sheet.png") as sheet:
         assert sheet.width >= 4 * 100 and sheet.height >= 3 * 100
     assert "succeeded" in run.stdout and "p95" in run.stdout
+    # every job carries a cost, and both providers show a non-zero one (fal priced, Runware reported)
+    assert all(line["cost"] and line["cost_source"] for line in lines)
+    costs = dict(re.findall(r"^(fal|runware)\s+\d+\s+\d+\s+([0-9.]+)", run.stdout, re.MULTILINE))
+    assert set(costs) == {"fal", "runware"} and all(float(c) > 0 for c in costs.values()), run.stdout
     assert str(out / "contact-sheet.png") in run.stdout or "contact-sheet.png" in run.stdout
     # the installed package, not this checkout, ran the demo
     probe = "import orchestrator; print(orchestrator.__file__)"

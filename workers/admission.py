@@ -17,7 +17,7 @@ from typing import cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator import state
+from orchestrator import budget, state
 from orchestrator.db import as_utc, upsert_insert, utcnow
 from orchestrator.models import Job, JobState, ProviderAccount
 from orchestrator.settings import Settings
@@ -85,7 +85,8 @@ def claim(session: Session, settings: Settings, provider: str, now: datetime, ma
         .order_by(sa.case((Job.lane == "interactive", 0), else_=1), Job.next_attempt_at, Job.position)
         .limit(n).with_for_update(skip_locked=True)
     ).scalars().all()
-    claimed = state.claim(session, list(due), now, provider)
+    # Budget caps (batch max_cost_usd, tenant day/month): jobs that do not fit stay queued, held.
+    claimed = state.claim(session, budget.admit(session, due, now, settings.budget_recheck_seconds), now, provider)
     acct.tokens = tokens - len(claimed)
     if len(due) < n:
         return Claim(claimed)  # nothing more is due right now

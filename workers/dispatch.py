@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 
 import sqlalchemy as sa
 from celery import shared_task
 
-from orchestrator import catalog, metrics, queue, state
+from orchestrator import catalog, metrics, pricing, queue, state
 from orchestrator.callbacks import callback_url
 from orchestrator.db import utcnow
 from orchestrator.log import bound
 from orchestrator.models import Job, JobState
+from orchestrator.pricing import Price
 from orchestrator.providers.base import Lane, SubmitRequest, Submitted
 from orchestrator.providers.errors import PermanentProviderError, ProviderError, RateLimited
 from orchestrator.providers.registry import PROVIDERS
@@ -155,7 +157,7 @@ def retry_or_fail(c: Context, session: sa.orm.Session, job: Job, exc: ProviderEr
                                  "error_message": f"gave up after {job.retries + 1} attempts: {exc.message}"})
         kick(c, session, job.provider)
         return "failed"
-    if breaker_open and failover(session, job, reason):
+    if breaker_open and failover(session, job, reason, c.settings.price_table()):
         kick(c, session, job.provider)
         return "failed_over"
     return requeue(c, session, job, reason, admission.backoff(c.settings, job.retries + 1), detail)
@@ -176,7 +178,7 @@ def requeue(c: Context, session: sa.orm.Session, job: Job, reason: str, delay: f
     return "requeued" if moved.applied else "unchanged"
 
 
-def failover(session: sa.orm.Session, job: Job, reason: str) -> bool:
+def failover(session: sa.orm.Session, job: Job, reason: str, prices: Mapping[str, Price]) -> bool:
     """Move a family-alias job to the other provider's model; False if it cannot move."""
     target = catalog.fallback_model(job.requested_model, job.model)
     if target is None:
@@ -190,7 +192,9 @@ def failover(session: sa.orm.Session, job: Job, reason: str) -> bool:
         session, job.id, JobState.queued, kind="failover", reason=f"{reason}; {job.provider} breaker open",
         detail={"from": job.model, "to": target.id},
         values={"provider": target.provider, "model": target.id, "params": params, "next_attempt_at": utcnow(),
-                "submit_started_at": None, "retries": job.retries + 1})
+                "submit_started_at": None, "retries": job.retries + 1,
+                # budgets count the new model's price while the job is in flight
+                "estimated_cost": pricing.job_cost(prices, target.id, params)})
     return moved.applied
 
 

@@ -9,6 +9,7 @@ constraints, so a repeated image is recorded once.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 from orchestrator import queue, state
 from orchestrator.db import utcnow
 from orchestrator.models import Asset, Job, JobState
+from orchestrator.pricing import Price
 from orchestrator.providers.base import ImageRef, Outcome
 from orchestrator.providers.errors import NotFound, ProviderError, TransientProviderError
 from workers import admission
@@ -62,12 +64,15 @@ def _collect(c: Context, session: Session, job: Job, outcome: Outcome, source: s
         state.record(session, job.id, "image_received", job.attempt, source=source, have=have, of=job.num_images)
         return f"collected {have}/{job.num_images}"
     # Runware reports a cost per image, delivered one image at a time: sum what was collected.
-    cost = _cost(session, job.id)
+    cost, cost_source = _cost(session, job.id), "reported"
     if cost is None and outcome.cost is not None:
         cost = Decimal(str(outcome.cost))
+    if cost is None:
+        # fal (like the real one) reports no cost: price each image from the table.
+        cost, cost_source = _price_assets(session, job, c.settings.price_table()), "priced"
     moved = state.transition(session, job.id, JobState.storing, kind="result_received", expect=WAITING,
                              detail={"source": source, "images": have}, cost=cost,
-                             values={"callback_at": utcnow()})
+                             values={"callback_at": utcnow(), "cost_source": cost_source})
     if moved.applied:
         c.publisher.after_commit(session, queue.STORE_JOB, str(job.id))
         kick(c, session, job.provider)
@@ -85,7 +90,8 @@ def _add_asset(session: Session, job: Job, img: ImageRef) -> bool:
     session.add(Asset(job_id=job.id, index=index, provider_image_id=key, source_url=img.url,
                       width=img.width, height=img.height, content_type=img.content_type,
                       seed=str(img.seed) if img.seed is not None else None, nsfw=img.nsfw,
-                      cost=Decimal(str(img.cost)) if img.cost is not None else None))
+                      cost=Decimal(str(img.cost)) if img.cost is not None else None,
+                      cost_source="reported" if img.cost is not None else None))
     session.flush()
     return True
 
@@ -93,6 +99,17 @@ def _add_asset(session: Session, job: Job, img: ImageRef) -> bool:
 def _cost(session: Session, job_id: uuid.UUID) -> Decimal | None:
     total = session.scalar(sa.select(sa.func.sum(Asset.cost)).where(Asset.job_id == job_id))
     return Decimal(str(total)) if total is not None else None
+
+
+def _price_assets(session: Session, job: Job, prices: Mapping[str, Price]) -> Decimal:
+    """Price a job's images at the size the provider returned (else the size asked for)."""
+    price, total = prices[job.model], Decimal(0)
+    for asset in session.scalars(sa.select(Asset).where(Asset.job_id == job.id).order_by(Asset.index)):
+        asset.cost = price.image(asset.width or job.params["width"], asset.height or job.params["height"])
+        asset.cost_source = "priced"
+        total += asset.cost
+    session.flush()
+    return total
 
 
 def _failed(c: Context, session: Session, job: Job, error: ProviderError | None, source: str) -> str:

@@ -60,14 +60,17 @@ def manifest_line(job: Job, assets: list[Asset], storage: Storage) -> ManifestLi
     images = [ManifestImage(asset_id=str(a.id), index=a.index, storage_key=a.storage_key,
                             url=storage.presign_get(a.storage_key, LINK_SECONDS), sha256=a.sha256, width=a.width,
                             height=a.height, content_type=a.content_type, bytes=a.bytes,
-                            seed=int(a.seed) if a.seed is not None else None, nsfw=a.nsfw)
+                            seed=int(a.seed) if a.seed is not None else None, nsfw=a.nsfw,
+                            cost=float(a.cost) if a.cost is not None else None,
+                            cost_source=a.cost_source)  # type: ignore[arg-type]
               for a in assets if a.storage_key]
     error = ManifestError(code=job.error_code, message=job.error_message) \
         if job.error_code or job.error_message else None
     return ManifestLine(custom_id=job.custom_id, position=job.position, job_id=str(job.id), status=job.state.value,
                         model=job.model, provider=job.provider, prompt=job.params.get("prompt"), images=images,
                         seed=images[0].seed if images else job.params.get("seed"),
-                        cost=float(job.cost) if job.cost is not None else None, error=error)
+                        cost=float(job.cost) if job.cost is not None else None,
+                        cost_source=job.cost_source, error=error)  # type: ignore[arg-type]
 
 
 @operation(bp, "GET", "/callback-secret", "Get the callback signing secret", responses={200: CallbackSecretOut})

@@ -9,8 +9,9 @@ import hashlib
 import uuid
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from pydantic import ValidationError
 
-from orchestrator import batches, catalog, catalog_runs, intake, queue, state
+from orchestrator import batches, budget, catalog, catalog_runs, intake, jsonbody, pricing, queue, state
 from orchestrator.api.context import db, services
 from orchestrator.api.spec import Body, Content, document, operation
 from orchestrator.db import iso
@@ -22,14 +23,19 @@ from orchestrator.schemas import (
     BatchOptions,
     BatchOut,
     BatchPage,
+    BatchPatch,
     BatchRequest,
+    BudgetIn,
+    BudgetOut,
     CancelOut,
+    Estimate,
     Item,
     JobDetail,
     JobEventOut,
     JobListQuery,
     JobPage,
     ModelsOut,
+    PricesOut,
     RetryOut,
 )
 
@@ -41,18 +47,18 @@ BATCH_BODY = Body(BatchRequest, tuple(Content(t, Item, description="one Item per
 
 @operation(bp, "POST", "/batches", "Submit a batch", query=BatchOptions, headers=BatchHeaders, body=BATCH_BODY,
            responses={201: BatchOut, 200: BatchOut}, problems=(409,))
-def create_batch(query: BatchOptions, headers: BatchHeaders) -> tuple[BatchOut, int, dict[str, str]]:
+def create_batch(query: BatchOptions, headers: BatchHeaders) -> tuple[BatchOut, int, dict[str, str]] | Response:
     """Validate a whole batch (JSON, or JSONL with one item per line), write it in one transaction,
-    then nudge dispatch. A replay with the same Idempotency-Key and body answers 200 with the same batch."""
+    then nudge dispatch. A replay with the same Idempotency-Key and body answers 200 with the same batch.
+    With `"dry_run": true` (JSONL: `?dry_run=true`) nothing is written and the answer is the
+    batch's Estimate, as from POST /v1/estimates. A batch that could never fit its max_cost_usd
+    or the tenant's caps is refused (422, type budget-exceeded, naming the cap)."""
     settings = services().settings
     raw = request.get_data(cache=False)
     mimetype = request.mimetype or "application/json"
-    if mimetype in JSONL_TYPES:
-        req = intake.parse_jsonl(raw, query.model_dump(exclude_none=True), settings.max_items_per_batch)
-    else:
-        req = intake.parse_json(raw, settings.max_items_per_batch)
-    plan = intake.plan(req, settings.max_items_per_batch)
-    intake.check_callback(req, AddressPolicy(settings.callback_allow_private))
+    plan = _plan(query, raw, mimetype)
+    if plan.request.dry_run:
+        return jsonify(_estimate(plan).model_dump(mode="json"))
     digest = hashlib.sha256(mimetype.encode() + b"\n" + request.query_string + b"\n" + raw).hexdigest()
     session = db()
     prune: list[str] = []
@@ -60,11 +66,12 @@ def create_batch(query: BatchOptions, headers: BatchHeaders) -> tuple[BatchOut, 
         # Catalog rows get content keys; with only_changed, unchanged rows reuse their stored images.
         made = catalog_runs.create(session, g.tenant, plan, catalog_runs.storage_exists(services().storage),
                                    default_name="default", only_changed=bool(plan.request.catalog.only_changed),
-                                   idempotency_key=headers.idempotency_key, request_hash=digest)
+                                   idempotency_key=headers.idempotency_key, request_hash=digest,
+                                   prices=settings.price_table())
         batch, created, prune = made.batch, made.created, made.prune
     else:
         batch, created = batches.create_batch(session, g.tenant, plan, idempotency_key=headers.idempotency_key,
-                                              request_hash=digest)
+                                              request_hash=digest, prices=settings.price_table())
     if created:
         services().publisher.after_commit(session, queue.DISPATCH)
     for finished in state.finished_batches(session):  # every row unchanged: the batch is done already
@@ -73,6 +80,92 @@ def create_batch(query: BatchOptions, headers: BatchHeaders) -> tuple[BatchOut, 
     catalog_runs.prune(services().storage, prune)
     bind(batch_id=batch.id)
     return batches.batch_out(batch), 201 if created else 200, {"Location": f"/v1/batches/{batch.id}"}
+
+
+@operation(bp, "POST", "/estimates", "Estimate a batch (a dry run)", query=BatchOptions, body=BATCH_BODY,
+           responses={200: Estimate})
+def estimate_batch(query: BatchOptions) -> Estimate:
+    """Validate a batch exactly as POST /v1/batches does and answer what it would cost, per provider and
+    model, with the range when family aliases may fail over, and the tenant's budget. Writes nothing."""
+    return _estimate(_plan(query, request.get_data(cache=False), request.mimetype or "application/json"))
+
+
+def _plan(query: BatchOptions, raw: bytes, mimetype: str) -> intake.Plan:
+    settings = services().settings
+    if mimetype in JSONL_TYPES:
+        req = intake.parse_jsonl(raw, query.model_dump(exclude_none=True), settings.max_items_per_batch)
+    else:
+        req = intake.parse_json(raw, settings.max_items_per_batch)
+    plan = intake.plan(req, settings.max_items_per_batch)
+    intake.check_callback(req, AddressPolicy(settings.callback_allow_private))
+    return plan
+
+
+def _estimate(plan: intake.Plan) -> Estimate:
+    session = db()
+    _, summary = batches.estimate_plan(session, g.tenant, plan, services().settings.price_table())
+    tenant_budget = budget.budget_json(session, g.tenant)
+    session.rollback()
+    return Estimate.model_validate({"dry_run": True, **summary,
+                                    "budget": {**tenant_budget, "max_cost_usd": plan.request.max_cost_usd}})
+
+
+@operation(bp, "PATCH", "/batches/<uuid:batch_id>", "Change a batch's cost cap", body=Body(BatchPatch),
+           responses={200: BatchOut})
+def patch_batch(batch_id: uuid.UUID) -> BatchOut:
+    """Set or remove (null) the batch's max_cost_usd; jobs it held are looked at again at once."""
+    change = _json_model(BatchPatch, "max_cost_usd")
+    cap = budget.parse_cap("max_cost_usd", change.max_cost_usd)
+    session = db()
+    batch = batches.get_batch(session, g.tenant, batch_id)
+    batch.max_cost_usd = cap
+    session.commit()
+    # Not under the batch row lock: claimers hold job rows while they wait for it.
+    if budget.release_held(session, batch_id=batch.id):
+        services().publisher.after_commit(session, queue.DISPATCH)
+    session.commit()
+    session.refresh(batch)
+    return batches.batch_out(batch)
+
+
+@operation(bp, "GET", "/prices", "List the prices", responses={200: PricesOut})
+def list_prices() -> PricesOut:
+    """The price table in use: defaults with ORCH_PRICES applied (contract prices, so behind a key)."""
+    return PricesOut.model_validate({"data": pricing.table_json(services().settings.price_table()),
+                                     "currency": "USD"})
+
+
+@operation(bp, "GET", "/budget", "Get the tenant's budget", responses={200: BudgetOut})
+def get_budget() -> BudgetOut:
+    """This tenant's daily and monthly caps and its spend today and this month."""
+    return BudgetOut.model_validate(budget.budget_json(db(), g.tenant))
+
+
+@operation(bp, "PUT", "/budget", "Set the tenant's budget", auth="admin", body=Body(BudgetIn),
+           responses={200: BudgetOut})
+def put_budget() -> BudgetOut:
+    """Set this tenant's caps (USD per calendar day / month, null removes one) and timezone; fields not
+    given keep their value. Jobs held by the budget are looked at again at once."""
+    data = jsonbody.loads_batch_body(request.get_data(cache=False))
+    if not isinstance(data, dict):
+        raise budget.InvalidBudget("send a JSON object with daily_usd, monthly_usd and/or timezone", field="body")
+    session = db()
+    budget.set_budget(session, g.tenant, data)
+    session.commit()
+    # Not under the budget row lock: claimers hold job rows while they wait for it.
+    if budget.release_held(session, tenant=g.tenant):
+        services().publisher.after_commit(session, queue.DISPATCH)
+    session.commit()
+    return BudgetOut.model_validate(budget.budget_json(session, g.tenant))
+
+
+def _json_model(model: type[BatchPatch], name: str) -> BatchPatch:
+    data = jsonbody.loads_batch_body(request.get_data(cache=False))
+    try:
+        return model.model_validate(data)
+    except ValidationError:
+        raise budget.InvalidBudget(f'send {{"{name}": <USD or null>}}; nothing else can change',
+                                   field=name) from None
 
 
 @operation(bp, "GET", "/batches", "List batches", query=BatchListQuery, responses={200: BatchPage})

@@ -1,4 +1,4 @@
-"""Operator commands: api, db upgrade, keys."""
+"""Operator commands: api, db upgrade, keys, tenants budget."""
 
 from __future__ import annotations
 
@@ -76,6 +76,59 @@ def keys_revoke(prefix: str) -> None:
     click.echo(f"revoked {count} key(s)")
 
 
+@click.group("tenants")
+def tenants_group() -> None:
+    """Tenant settings."""
+
+
+@tenants_group.command("budget")
+@click.argument("tenant")
+@click.option("--daily", default=None, help="USD cap per calendar day ('none' removes it)")
+@click.option("--monthly", default=None, help="USD cap per calendar month ('none' removes it)")
+@click.option("--timezone", default=None, help="IANA timezone of the tenant's days and months (default UTC)")
+def tenants_budget(tenant: str, daily: str | None, monthly: str | None, timezone: str | None) -> None:
+    """Show or set TENANT's budget caps; held jobs are looked at again at once."""
+    from orchestrator import budget, queue
+    from orchestrator.db import make_engine, make_session_factory, session_scope
+    from orchestrator.errors import DomainError
+
+    settings = _settings()
+    changes: dict[str, object] = {k: None if v.strip().lower() == "none" else v
+                                  for k, v in (("daily_usd", daily), ("monthly_usd", monthly)) if v is not None}
+    if timezone is not None:
+        changes["timezone"] = timezone
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        factory = make_session_factory(engine)
+        with session_scope(factory) as session:
+            if changes:
+                budget.set_budget(session, tenant, changes)
+        if changes:
+            with session_scope(factory) as session:
+                released = budget.release_held(session, tenant=tenant)
+            if released:
+                _kick_dispatch(settings, queue.DISPATCH)
+        with session_scope(factory) as session:
+            view = budget.budget_json(session, tenant)
+    except DomainError as exc:
+        raise click.ClickException(exc.detail) from None
+    finally:
+        engine.dispose()
+    for key in ("tenant", "timezone", "daily_usd", "monthly_usd", "spent_today_usd", "spent_this_month_usd"):
+        value = view[key]
+        click.echo(f"{key + ':':<22}{'-' if value is None else value}")
+
+
+def _kick_dispatch(settings: Settings, task: str) -> None:
+    """Nudge dispatch now; if the broker is unreachable the sweep gets there within its interval."""
+    from orchestrator.queue import Publisher
+
+    publisher = Publisher(settings)
+    if not publisher.send(task):
+        click.echo("(broker unreachable: dispatch picks the jobs up on its next sweep)", err=True)
+    publisher.close()
+
+
 @click.command("api")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -107,4 +160,5 @@ def register(main: click.Group) -> None:
     """Attach the operator commands to the main group."""
     main.add_command(db_group)
     main.add_command(keys_group)
+    main.add_command(tenants_group)
     main.add_command(api)

@@ -315,10 +315,25 @@ def post_batch(api: Api, sub: Submission, idempotency_key: str | None) -> tuple[
 @click.option("--watch", is_flag=True, help="follow progress until the batch is done")
 @click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
               help="seconds between polls with --watch")
+@click.option("--max-cost", "max_cost", type=click.FloatRange(0, 1_000_000, min_open=True), default=None,
+              help="USD cap for this batch (max_cost_usd): dispatch never spends more")
+@click.option("--estimate", "estimate_only", is_flag=True, help="print the cost estimate and exit (a dry run)")
+@click.option("--confirm-above", type=click.IntRange(0), default=1000, show_default=True, envvar="ORCH_CONFIRM_ABOVE",
+              help="show the estimate (and ask, on a terminal) before submitting more jobs than this")
+@click.option("--yes", "-y", is_flag=True, help="submit without showing the estimate first")
 @api_options
-def submit(api: Api, file: Path, idempotency_key: str | None, watch: bool, interval: float, **opts: Any) -> None:
+def submit(api: Api, file: Path, idempotency_key: str | None, watch: bool, interval: float, max_cost: float | None,
+           estimate_only: bool, confirm_above: int, yes: bool, **opts: Any) -> None:
     """Submit FILE: a .txt of prompts, a .jsonl of items, or a .csv with --template."""
-    batch, created = post_batch(api, build_submission(file, opts), idempotency_key)
+    from orchestrator.cli import estimate
+
+    sub = estimate.with_options(build_submission(file, opts), max_cost_usd=max_cost)
+    if estimate_only:
+        estimate.show(estimate.fetch(api, sub))
+        return
+    if not yes:
+        estimate.confirm_large(api, sub, confirm_above)
+    batch, created = post_batch(api, sub, idempotency_key)
     verb = "submitted" if created else "already submitted (same idempotency key)"
     click.echo(f"batch {batch['id']} {verb}: {batch['total']} job(s), lane {batch['lane']}, state {batch['state']}")
     if batch.get("catalog"):
@@ -396,7 +411,8 @@ def finish(batch: dict[str, Any]) -> None:
     """Print the final summary and exit 0 only if every job succeeded."""
     counts = batch.get("counts") or {}
     summary = ", ".join(f"{s} {counts[s]}" for s in JOB_STATES if counts.get(s))
-    click.echo(f"batch {batch['id']} {batch['state']}: {summary or 'no jobs'}; cost {batch.get('cost', 0):.4f}")
+    click.echo(f"batch {batch['id']} {batch['state']}: {summary or 'no jobs'}; cost {batch.get('cost', 0):.4f}"
+               f" USD (estimated {batch.get('estimated_cost') or 0:.4f})")
     if batch.get("state") != "succeeded":
         click.echo(f"details: orchestrator results {batch['id']}", err=True)
         raise SystemExit(1)
@@ -411,7 +427,11 @@ def show_batch(batch: dict[str, Any]) -> None:
     rows = [("batch", batch.get("id")), ("name", batch.get("name") or "-"), ("lane", batch.get("lane")),
             ("state", batch.get("state")), ("jobs", batch.get("total")),
             ("counts", ", ".join(f"{s} {counts[s]}" for s in JOB_STATES if counts.get(s)) or "-"),
-            ("cost", f"{batch.get('cost') or 0:.4f}"), ("created", batch.get("created_at")),
+            ("cost", f"{batch.get('cost') or 0:.4f} USD (estimated {batch.get('estimated_cost') or 0:.4f}"
+                     + (f", cap {batch['max_cost_usd']:.4f}" if batch.get("max_cost_usd") is not None else "")
+                     + ")"),
+            ("held", f"{batch['held_by_budget']} job(s) by a budget cap" if batch.get("held_by_budget") else "-"),
+            ("created", batch.get("created_at")),
             ("started", batch.get("started_at") or "-"), ("completed", batch.get("completed_at") or "-")]
     if batch.get("callback_url"):
         rows.insert(3, ("callback", batch["callback_url"]))
@@ -491,7 +511,11 @@ def summarize(batch_id: str, manifest: list[dict[str, Any]]) -> None:
     images = sum(len(line.get("images") or []) for line in manifest)
     cost = sum(line.get("cost") or 0 for line in manifest)
     counts = ", ".join(f"{s} {n}" for s, n in sorted(by_status.items()))
-    click.echo(f"batch {batch_id}: {len(manifest)} job(s) ({counts or 'none'}), {images} image(s), cost {cost:.4f}")
+    sources = {src: sum(line.get("cost") or 0 for line in manifest if line.get("cost_source") == src)
+               for src in ("reported", "priced")}
+    detail = ", ".join(f"{src} {usd:.4f}" for src, usd in sources.items() if usd)
+    click.echo(f"batch {batch_id}: {len(manifest)} job(s) ({counts or 'none'}), {images} image(s), "
+               f"cost {cost:.4f} USD" + (f" ({detail})" if detail else ""))
     failed = [line for line in manifest if line.get("status") == "failed"]
     for line in failed[:MAX_LISTED]:
         error = line.get("error") or {}

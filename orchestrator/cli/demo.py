@@ -88,13 +88,18 @@ def print_summary(batch: dict[str, Any], jobs: list[dict[str, Any]], manifest: l
         if n:
             click.echo(f"{state:<12}{n:>6}")
     images = {line["job_id"]: len(line["images"]) for line in manifest}
-    click.echo(f"\n{'provider':<10}{'jobs':>6}{'images':>8}{'cost $':>10}{'p50 s':>8}{'p95 s':>8}")
+    click.echo(f"\n{'provider':<10}{'jobs':>6}{'images':>8}{'cost $':>10}{'source':>10}{'p50 s':>8}{'p95 s':>8}")
     for provider in sorted({j["provider"] for j in jobs}):
         mine = [j for j in jobs if j["provider"] == provider]
         took = sorted(_seconds(j) for j in mine if j["completed_at"])
         cost = sum(j["cost"] or 0 for j in mine)
         count = sum(images.get(j["id"], 0) for j in mine)
-        click.echo(f"{provider:<10}{len(mine):>6}{count:>8}{cost:>10.4f}{_pct(took, 50):>8.2f}{_pct(took, 95):>8.2f}")
+        # `reported` by the provider (Runware) or `priced` from the price table (fal reports none)
+        source = "/".join(sorted({j.get("cost_source") or "-" for j in mine}))
+        click.echo(f"{provider:<10}{len(mine):>6}{count:>8}{cost:>10.4f}{source:>10}"
+                   f"{_pct(took, 50):>8.2f}{_pct(took, 95):>8.2f}")
+    click.echo(f"total cost ${batch.get('cost') or 0:.4f} "
+               f"(estimated before submit ${batch.get('estimated_cost') or 0:.4f})")
 
 
 def _seconds(job: dict[str, Any]) -> float:

@@ -18,6 +18,13 @@ FAL_MODELS = (
     "rundiffusion-fal/juggernaut-flux/lightning",
 )
 RUNWARE_MODELS = ("rundiffusion:130@100", "runware:100@1", "runware:101@1")
+# fal's public prices per output megapixel (2026); Juggernaut Lightning's is not public (placeholder).
+FAL_PRICES = {
+    "fal-ai/flux/schnell": 0.003,
+    "fal-ai/flux/dev": 0.025,
+    "fal-ai/flux-lora": 0.035,
+    "rundiffusion-fal/juggernaut-flux/lightning": 0.025,
+}
 
 
 def _env_keys(name: str, fallback: str) -> tuple[str, ...]:
@@ -69,6 +76,8 @@ class FalConfig(ServerConfig):
     cancel_queued_status: int = 202  # 200 answers {"status":"OK"} instead
     max_image_side: int = 14142
     max_num_images: int = 4
+    # USD per megapixel; each image is billed rounded up to whole megapixels of 1024 x 1024 pixels.
+    prices: dict[str, float] = field(default_factory=lambda: dict(FAL_PRICES))
 
 
 @dataclass

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import math
 import re
 import time
 from collections import Counter, defaultdict
@@ -242,7 +243,15 @@ class FalSandbox(BaseSandbox):
             return
         output = await self._output(fal_request.params, faults, latency)
         fal_request.log(f"Generated {len(output['images'])} image(s)")
+        self._charge(fal_request, output["images"])
         self._complete(fal_request, 200, output)
+
+    def _charge(self, fal_request: FalRequest, images: list[dict[str, Any]]) -> None:
+        # fal bills successful output only, per megapixel rounded up per image; the result carries no cost.
+        megapixels = sum(max(1, math.ceil(i["width"] * i["height"] / 1024**2)) for i in images)
+        price = self.config.prices.get(fal_request.model, 0.0)
+        self.ledger.record_charge(fal_request.key, model=fal_request.model, request_id=fal_request.id,
+                                  images=len(images), megapixels=megapixels, usd=round(price * megapixels, 6))
 
     async def _output(self, params: FalInput, faults: Faults, latency: float) -> dict[str, Any]:
         seed = params.seed if params.seed is not None else self.dice.bits(64)

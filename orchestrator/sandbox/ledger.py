@@ -1,4 +1,4 @@
-"""What a sandbox saw and did: submissions, in-flight counts per key, webhook and upload attempts."""
+"""What a sandbox saw and did: submissions, charges, in-flight counts per key, webhook and upload attempts."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ class Ledger:
         with self._lock:
             self._submissions: list[dict[str, Any]] = []
             self._deliveries: list[dict[str, Any]] = []
+            self._charges: list[dict[str, Any]] = []
             self._inflight: Counter[str] = Counter()
             self._peak: Counter[str] = Counter()
 
@@ -43,6 +44,24 @@ class Ledger:
         entry.setdefault("time", time.time())
         with self._lock:
             self._deliveries.append(entry)
+
+    def record_charge(self, key: str, **entry: Any) -> None:
+        """Bill `key` for generated output (model, request, images, megapixels, usd)."""
+        entry.setdefault("time", time.time())
+        with self._lock:
+            self._charges.append({"key": key_label(key), **entry})
+
+    @property
+    def charges(self) -> list[dict[str, Any]]:
+        """Copies of every charge so far."""
+        with self._lock:
+            return copy.deepcopy(self._charges)
+
+    def charged(self, key: str | None = None) -> float:
+        """Total USD billed (to `key`, or to everyone), rounded to millionths."""
+        label = key_label(key) if key is not None else None
+        with self._lock:
+            return round(sum(c["usd"] for c in self._charges if label is None or c["key"] == label), 6)
 
     def started(self, key: str) -> None:
         """Count one more in-flight request for `key` and update its peak."""
@@ -92,6 +111,7 @@ class Ledger:
             return {
                 "submissions": copy.deepcopy(self._submissions),
                 "deliveries": copy.deepcopy(self._deliveries),
+                "charges": copy.deepcopy(self._charges),
                 "inflight": dict(self._inflight),
                 "peak_inflight": dict(self._peak),
             }

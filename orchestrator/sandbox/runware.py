@@ -231,6 +231,9 @@ class RunwareSandbox(BaseSandbox):
         item["seed"] = spec.seed
         if task.safety is not None:
             item["NSFWContent"] = nsfw
+        # Every image is billed; its cost is only reported with includeCost.
+        self.ledger.record_charge(job.key, model=task.model, request_id=task.task_uuid, images=1,
+                                  megapixels=round(task.width * task.height / 1024**2, 6), usd=cost(task))
         if task.include_cost:
             item["cost"] = cost(task)
         return item, data
