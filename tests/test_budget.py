@@ -203,3 +203,36 @@ def test_day_window_follows_the_tenant_timezone() -> None:
     day, month = budget.windows("Europe/Berlin", now)
     assert day == datetime(2026, 3, 1, 23, 0, tzinfo=UTC) and month == datetime(2026, 2, 28, 23, 0, tzinfo=UTC)
     assert budget.windows("UTC", now) == (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC))
+
+
+def test_estimates_route_prices_route_and_their_documentation(client: FlaskClient, headers: dict[str, str],
+                                                              session: Session) -> None:
+    body = {"items": items(3)}
+    twin = client.post("/v1/estimates", json=body, headers=headers)
+    dry = client.post("/v1/batches", json={**body, "dry_run": True}, headers=headers)
+    assert twin.status_code == dry.status_code == 200 and twin.json == dry.json
+    assert twin.json["estimated_cost"] == pytest.approx(0.009) and rows(session) == (0, 0)
+    prices = {p["model"]: p for p in client.get("/v1/prices", headers=headers).json["data"]}
+    assert prices["fal-ai/flux/dev"]["usd_per_megapixel"] == 0.025
+    assert prices["fal-ai/flux/dev"]["megapixel_rounding"] == "ceil per image"
+    assert prices["runware:100@1"]["source"] == "reported by the provider"
+    doc = client.get("/v1/openapi.json").json
+    assert {"/v1/estimates", "/v1/prices", "/v1/budget"} <= set(doc["paths"])
+    assert "put" in doc["paths"]["/v1/budget"] and "patch" in doc["paths"]["/v1/batches/{batch_id}"]
+    assert {"Estimate", "BudgetOut"} <= set(doc["components"]["schemas"])
+    batch_props = doc["components"]["schemas"]["BatchOut"]["properties"]
+    assert {"estimated_cost", "max_cost_usd", "held_by_budget"} <= set(batch_props)
+
+
+def test_prices_from_settings_price_the_estimate(sessions: sessionmaker[Session], tmp_path: Any,
+                                                 settings: Settings) -> None:
+    from orchestrator.api import create_app
+
+    app = create_app(settings.model_copy(update={"prices": '{"fal-ai/flux/schnell": 0.01}'}))
+    try:
+        resp = app.test_client().post("/v1/estimates", json={"items": items(2)},
+                                      headers={"Authorization": f"Bearer {make_key(sessions, 'acme')}"})
+        assert resp.json["estimated_cost"] == pytest.approx(0.02)
+    finally:
+        app.extensions["orchestrator"].publisher.close()
+        app.extensions["orchestrator"].engine.dispose()
