@@ -1,7 +1,7 @@
 """costs and budgets: cost sources, estimates, budget holds, tenant caps
 
 Revision ID: 142e206f255a
-Revises: 5b05ff5015e2
+Revises: a02282e21464
 Create Date: 2026-12-01 09:11:35.254493
 
 Every migration must stay compatible with the previous release's code: split breaking
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '142e206f255a'
-down_revision: str | None = '5b05ff5015e2'
+down_revision: str | None = 'a02282e21464'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
