@@ -8,6 +8,7 @@ Everything here is a pure function of its inputs.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -192,8 +193,23 @@ def resolve_model(name: str) -> ModelSpec:
         return MODELS[name]
     if name in ALIASES:
         return MODELS[ALIASES[name][0]]
-    known = ", ".join([*MODELS, *ALIASES])
-    raise CatalogError([("model", f"unknown model {name!r}; known models: {known}")])
+    raise CatalogError([("model", unknown_model(name))])
+
+
+def unknown_model(name: str) -> str:
+    """`unknown model 'flux-schnel'; did you mean flux-schnell?`: the closest ids and aliases only."""
+    names = [*ALIASES, *MODELS]
+    close = difflib.get_close_matches(str(name).lower(), names, n=3, cutoff=0.6)
+    if not close:  # "schnell", "juggernaut": a word of a model's name
+        close = [n for n in names if str(name).lower() in n.lower()][:3]
+    listed = " or ".join([", ".join(close[:-1]), close[-1]] if len(close) > 1 else close)
+    hint = f"did you mean {listed}?" if close else "GET /v1/models lists the models and aliases"
+    return f"unknown model {name!r}; {hint}"
+
+
+def known_models() -> str:
+    """Every model id and family alias, once (for the top of an error, not each item)."""
+    return ", ".join([*ALIASES, *MODELS])
 
 
 def fallback_model(requested: str, current: str) -> ModelSpec | None:
@@ -236,7 +252,8 @@ def _size(spec: ModelSpec, params: Mapping[str, Any], problems: list[tuple[str, 
         return {}
     if isinstance(preset, str):
         if preset not in FAL_SIZE_PRESETS:
-            problems.append(("image_size", f"must be one of {', '.join(FAL_SIZE_PRESETS)}"))
+            problems.append(("image_size", f"must be a preset ({', '.join(FAL_SIZE_PRESETS)}) "
+                                           "or {width, height}"))
             return {}
         width, height = FAL_SIZE_PRESETS[preset]
     elif isinstance(preset, Mapping):

@@ -48,6 +48,17 @@ class BatchRejected(DomainError):
         self.problems = problems
 
 
+class ScheduleRejected(BatchRejected):
+    """The schedule (its fields or its batch template) is invalid; nothing was saved."""
+
+    type = "https://orchestrator.dev/problems/invalid-schedule"
+    title = "The schedule is invalid"
+
+    def __init__(self, problems: list[ItemProblem], detail: str | None = None):
+        count = len(problems)
+        super().__init__(problems, detail or f"{count} problem{'s' if count != 1 else ''} found; nothing was saved")
+
+
 class TooLarge(DomainError):
     """The batch has more items than allowed."""
 

@@ -107,9 +107,41 @@ def _validate(data: dict[str, Any]) -> BatchRequest:
         return BatchRequest.model_validate(data)
     except ValidationError as exc:
         problems = [_problem_from_pydantic(err, data) for err in exc.errors()]
-    # Check the structurally sound items against their models too, so one answer lists every problem.
+    # Check the structurally sound items against their models too, and every custom_id for
+    # duplicates, so one answer lists every problem.
     problems += _model_problems(data, {p.position for p in problems})
-    raise BatchRejected(sorted(problems, key=lambda p: (p.position is not None, p.position or 0)))
+    problems += _duplicate_problems(data.get("items"), data.get("defaults"))
+    raise rejected(problems)
+
+
+def rejected(problems: list[ItemProblem], detail: str | None = None) -> BatchRejected:
+    """One rejection for every problem, in position order; unknown models get the known list once."""
+    problems = sorted(problems, key=lambda p: (p.position is not None, p.position or 0))
+    if detail is None and any(p.field == "model" and p.message.startswith("unknown model") for p in problems):
+        count = len(problems)
+        detail = (f"{count} problem{'s' if count != 1 else ''} found; nothing was written. "
+                  f"Known models and aliases: {catalog.known_models()}")
+    return BatchRejected(problems, detail)
+
+
+def _duplicate_problems(items: Any, defaults: Any) -> list[ItemProblem]:
+    if not isinstance(items, list):
+        return []
+    seen: dict[str, int] = {}
+    problems = []
+    for position, raw in enumerate(items):
+        custom_id = raw.get("custom_id") if isinstance(raw, dict) else None
+        if not isinstance(custom_id, str) or not custom_id:
+            continue
+        if custom_id in seen:
+            problems.append(_duplicate(position, custom_id, seen[custom_id]))
+        else:
+            seen[custom_id] = position
+    return problems
+
+
+def _duplicate(position: int, custom_id: str, first: int) -> ItemProblem:
+    return ItemProblem(position, custom_id, "custom_id", f"duplicate of the item at position {first}")
 
 
 def _model_problems(data: dict[str, Any], skip: set[int | None]) -> list[ItemProblem]:
@@ -153,16 +185,17 @@ def _problem_from_pydantic(err: Mapping[str, Any], data: Mapping[str, Any]) -> I
 def plan(request: BatchRequest, max_items: int) -> Plan:
     """Expand the request into items, validate each against its model, reject as a whole."""
     defaults = request.defaults.model_dump(exclude_none=True) if request.defaults else {}
-    raw_items = list(_expand(request, max_items))
-    jobs: list[JobSpec] = []
     problems: list[ItemProblem] = []
+    raw_items = list(_expand(request, max_items, problems))
+    jobs: list[JobSpec] = []
     seen: dict[str, int] = {}
     for position, item in enumerate(raw_items):
+        if item is None:
+            continue  # a catalog row whose problem is already listed
         merged = {**defaults, **item}
         custom_id = str(merged.pop("custom_id", None) or f"item-{position}")
         if custom_id in seen:
-            problems.append(ItemProblem(position, custom_id, "custom_id",
-                                        f"duplicate of the item at position {seen[custom_id]}"))
+            problems.append(_duplicate(position, custom_id, seen[custom_id]))
             continue
         seen[custom_id] = position
         try:
@@ -170,7 +203,7 @@ def plan(request: BatchRequest, max_items: int) -> Plan:
         except catalog.CatalogError as exc:
             problems.extend(ItemProblem(position, custom_id, f, m) for f, m in exc.problems)
     if problems:
-        raise BatchRejected(problems)
+        raise rejected(problems)
     return Plan(request, jobs)
 
 
@@ -183,7 +216,7 @@ def _job(position: int, custom_id: str, item: dict[str, Any]) -> JobSpec:
     return JobSpec(position, custom_id, name, spec.provider, spec.id, params, params["num_images"])
 
 
-def _expand(request: BatchRequest, max_items: int) -> Iterable[dict[str, Any]]:
+def _expand(request: BatchRequest, max_items: int, problems: list[ItemProblem]) -> Iterable[dict[str, Any] | None]:
     if request.items is not None:
         for item in request.items:
             yield item.model_dump(exclude_none=True)
@@ -195,7 +228,7 @@ def _expand(request: BatchRequest, max_items: int) -> Iterable[dict[str, Any]]:
                                              "a batch takes its rows inline (catalog.rows)")])
         if len(request.catalog.rows) > max_items:
             raise TooLarge(f"{len(request.catalog.rows)} rows given; at most {max_items} per batch")
-        yield from _expand_catalog(request.catalog)
+        yield from _expand_catalog(request.catalog, problems)
 
 
 def _common(form: Matrix | Catalog) -> dict[str, Any]:
@@ -230,23 +263,39 @@ def _expand_matrix(m: Matrix, max_items: int) -> Iterable[dict[str, Any]]:
                     yield item
 
 
-def _expand_catalog(c: Catalog) -> Iterable[dict[str, Any]]:
+def _expand_catalog(c: Catalog, problems: list[ItemProblem]) -> Iterable[dict[str, Any] | None]:
+    """One item per row (None for a row with a problem, so positions stay the row numbers)."""
     fields = {name for _, name, _, _ in Formatter().parse(c.template) if name}
+    rows = c.rows or []
+    columns = sorted({k for row in rows for k in row})
+    # A field that no row has is a column mismatch (a typo in the template or --id-field):
+    # say so once, with the columns the rows do have, instead of once per row.
+    absent = sorted(f for f in fields if all(_blank(row.get(f)) for row in rows))
+    if absent:
+        problems.append(ItemProblem(None, None, "catalog.template",
+                                    f"no row has a value for {', '.join(absent)}; the rows have {', '.join(columns)}"))
+    id_field = c.id_field
+    id_absent = id_field is not None and all(_blank(row.get(id_field)) for row in rows)
+    if id_absent:
+        problems.append(ItemProblem(None, None, "catalog.id_field",
+                                    f"no row has a field {c.id_field!r}; the rows have {', '.join(columns)}"))
     base = _common(c)
-    problems: list[ItemProblem] = []
-    for i, row in enumerate(c.rows or ()):
-        missing = sorted(f for f in fields if row.get(f) in (None, ""))
+    for i, row in enumerate(rows):
+        missing = sorted(f for f in fields if row.get(f) in (None, "") and f not in absent)
         custom_id = str(row[c.id_field]) if c.id_field and row.get(c.id_field) not in (None, "") else None
-        if c.id_field and custom_id is None:
+        if c.id_field and custom_id is None and not id_absent:
             problems.append(ItemProblem(i, None, c.id_field, "id field is missing in this row"))
         if missing:
-            problems.append(ItemProblem(i, custom_id, "template",
-                                        f"row has no value for {', '.join(missing)}"))
+            problems.append(ItemProblem(i, custom_id, "template", f"row has no value for {', '.join(missing)}"))
+        if missing or absent:
+            yield None
             continue
         try:
             prompt = c.template.format_map({k: "" if v is None else v for k, v in row.items()})
         except (ValueError, IndexError) as exc:
             raise BatchRejected([ItemProblem(None, None, "catalog.template", str(exc))]) from None
         yield dict(base, prompt=prompt, custom_id=custom_id or f"row-{i}")
-    if problems:
-        raise BatchRejected(problems)
+
+
+def _blank(value: Any) -> bool:
+    return value is None or value == ""

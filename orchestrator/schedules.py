@@ -21,13 +21,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 import sqlalchemy as sa
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
 from orchestrator import batches, catalog_keys, catalog_runs, catalog_source, intake, metrics, netpolicy
 from orchestrator.catalog_source import SourcePolicy
 from orchestrator.db import as_utc, iso, utcnow
-from orchestrator.errors import BatchRejected, Conflict, ItemProblem, NotFound, TooLarge
+from orchestrator.errors import BatchRejected, Conflict, ItemProblem, NotFound, ScheduleRejected, TooLarge
 from orchestrator.models import Batch, Schedule, ScheduleRun
 from orchestrator.state import FINAL_BATCH
 from orchestrator.storage.base import Storage
@@ -148,9 +148,9 @@ def _sample_rows(catalog: dict[str, Any]) -> list[dict[str, Any]]:
     return [{n: "sample" for n in names - set(catalog_keys.BUILTINS)}]
 
 
-def check_template(template: dict[str, Any], max_items: int, policy: SourcePolicy | None = None,
-                   callback_policy: netpolicy.AddressPolicy | None = None) -> None:
-    """Validate a template exactly as POST /v1/batches would, so a bad one fails now, not at 2 am.
+def template_problems(template: dict[str, Any], max_items: int, policy: SourcePolicy | None = None,
+                      callback_policy: netpolicy.AddressPolicy | None = None) -> list[ItemProblem]:
+    """A template checked exactly as POST /v1/batches would, so a bad one fails now, not at 2 am.
 
     A template with a catalog source is checked with a stand-in row (its rows only exist at
     firing time), and its source's syntax and any literal address are checked here too.
@@ -182,14 +182,40 @@ def check_template(template: dict[str, Any], max_items: int, policy: SourcePolic
         if callback_policy is not None:
             intake.check_callback(plan.request, callback_policy)
     except BatchRejected as exc:
-        problems = [ItemProblem(p.position, p.custom_id, f"template.{p.field}", p.message) for p in exc.problems]
-        raise BatchRejected(problems, "the template is not a valid batch; nothing was saved") from None
+        return [ItemProblem(p.position, p.custom_id, f"template.{p.field}", p.message) for p in exc.problems]
+    except TooLarge as exc:
+        return [ItemProblem(None, None, "template", exc.detail)]
+    return []
 
 
-def create(session: Session, tenant: str, data: ScheduleIn, max_items: int,
+def field_problems(exc: ValidationError) -> list[ItemProblem]:
+    """Pydantic's errors on a schedule's own fields as problems."""
+    return [ItemProblem(None, None, ".".join(str(p) for p in e["loc"]) or "body",
+                        e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+
+
+def validate(data: dict[str, Any], max_items: int, *, check_template: bool = True,
+             policy: SourcePolicy | None = None, callback_policy: netpolicy.AddressPolicy | None = None) -> ScheduleIn:
+    """The schedule's fields and its template checked together: one answer lists every problem."""
+    problems: list[ItemProblem] = []
+    parsed = None
+    try:
+        parsed = ScheduleIn.model_validate(data)
+    except ValidationError as exc:
+        problems += field_problems(exc)
+    template = data.get("template")
+    if check_template and isinstance(template, dict):
+        problems += template_problems(template, max_items, policy, callback_policy)
+    if problems or parsed is None:
+        raise ScheduleRejected(problems)
+    return parsed
+
+
+def create(session: Session, tenant: str, body: dict[str, Any] | ScheduleIn, max_items: int,
            policy: SourcePolicy | None = None, callback_policy: netpolicy.AddressPolicy | None = None) -> Schedule:
-    """Save a new schedule with its first slot."""
-    check_template(data.template, max_items, policy, callback_policy)
+    """Validate and save a new schedule with its first slot."""
+    data = validate(body.model_dump() if isinstance(body, ScheduleIn) else body, max_items,
+                    policy=policy, callback_policy=callback_policy)
     if session.scalar(sa.select(Schedule.id).where(Schedule.tenant == tenant, Schedule.name == data.name)):
         raise Conflict(f"a schedule named {data.name!r} already exists")
     schedule = Schedule(tenant=tenant, **data.model_dump(), next_run_at=next_slot(data.cron, data.timezone, utcnow()))
@@ -201,10 +227,12 @@ def create(session: Session, tenant: str, data: ScheduleIn, max_items: int,
 def update(session: Session, schedule: Schedule, changes: dict[str, Any], max_items: int,
            policy: SourcePolicy | None = None, callback_policy: netpolicy.AddressPolicy | None = None) -> Schedule:
     """Apply a validated partial update; a new cron or zone recomputes the next slot."""
-    changes = ScheduleUpdate.model_validate(changes).model_dump(exclude_unset=True)
-    merged = ScheduleIn.model_validate({**as_input(schedule), **changes})
-    if "template" in changes:
-        check_template(merged.template, max_items, policy, callback_policy)
+    try:
+        changes = ScheduleUpdate.model_validate(changes).model_dump(exclude_unset=True)
+    except ValidationError as exc:
+        raise ScheduleRejected(field_problems(exc)) from None
+    merged = validate({**as_input(schedule), **changes}, max_items, check_template="template" in changes,
+                      policy=policy, callback_policy=callback_policy)
     for key, value in merged.model_dump().items():
         setattr(schedule, key, value)
     if {"cron", "timezone", "enabled"} & set(changes):

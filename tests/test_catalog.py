@@ -94,7 +94,12 @@ def test_aliases_and_fallback() -> None:
         c.for_fallback(odd, c.MODELS["runware:101@1"])  # not a multiple of 64 there
 
 
-def test_unknown_model_lists_known_ones() -> None:
+def test_unknown_model_suggests_the_closest_names_not_the_whole_list() -> None:
     with pytest.raises(c.CatalogError) as err:
-        c.resolve_model("dalle")
-    assert "flux-schnell" in err.value.problems[0][1]
+        c.resolve_model("flux-schnel")
+    message = err.value.problems[0][1]
+    assert message.startswith("unknown model 'flux-schnel'; did you mean flux-schnell")
+    assert "juggernaut" not in message and "runware:101@1" not in message
+    assert "did you mean runware:100@1" in c.unknown_model("runware:100")
+    assert "did you mean fal-ai/flux-lora?" in c.unknown_model("lora")  # a word of the name
+    assert c.unknown_model("dalle") == "unknown model 'dalle'; GET /v1/models lists the models and aliases"

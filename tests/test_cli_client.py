@@ -168,6 +168,24 @@ def test_invalid_items_are_listed(stack: Stack, key: str, tmp_path: Path) -> Non
     assert out.count("  - position") == 20 and "... and 6 more" in out
 
 
+def test_csv_and_size_mistakes_are_explained_once(stack: Stack, key: str, tmp_path: Path) -> None:
+    rows = tmp_path / "products.csv"
+    rows.write_text("sku,color,product\nA1,red,mug\nB2,blue,teapot\nC3,green,lamp\n")
+    out = cli(stack, key, "submit", str(rows), "--template", "Photo of a {colour} {product}", code=2).output
+    assert ("the template uses {colour} but products.csv has no such column; "
+            "products.csv has the columns sku, color, product") in out
+    out = cli(stack, key, "submit", str(rows), "--template", "Photo of a {color} {product}", "--id-field", "SKU",
+              code=2).output
+    assert out.count("--id-field 'SKU' is not a column in the header of products.csv") == 1  # once, not per row
+    assert "sku, color, product" in out
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    out = cli(stack, key, "submit", str(prompts), "--sizes", "square,huge", code=2).output
+    assert "unknown size 'huge'" in out and "768x512" in out and "landscape_16_9" in out
+    usage = cli(stack, None, "submit", "--help").output
+    assert "WIDTHxHEIGHT" in usage and "square_hd" in usage
+
+
 def test_auth_connection_and_usage_errors(stack: Stack, key: str, tmp_path: Path) -> None:
     bogus = "orch_notarealkey_0123456789"
     out = cli(stack, bogus, "status", code=2).output

@@ -7,13 +7,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, g, request
-from pydantic import ValidationError
 
 from orchestrator import batches, catalog_runs, jsonbody, queue, schedules, state
 from orchestrator.api.context import db, services
 from orchestrator.api.spec import Body, operation
 from orchestrator.db import utcnow
-from orchestrator.errors import BatchRejected, ItemProblem
+from orchestrator.errors import BatchRejected, ItemProblem, ScheduleRejected
 from orchestrator.models import Schedule
 from orchestrator.netpolicy import AddressPolicy
 from orchestrator.schedules import ScheduleIn, ScheduleOut, SchedulePage, ScheduleUpdate
@@ -23,28 +22,21 @@ bp = Blueprint("schedules", __name__, url_prefix="/v1/schedules")
 
 
 def _body() -> dict[str, Any]:
-    data = jsonbody.loads_batch_body(request.get_data(cache=False))
+    try:
+        data = jsonbody.loads_batch_body(request.get_data(cache=False))
+    except BatchRejected as exc:  # unreadable JSON: the same problems, titled for a schedule
+        raise ScheduleRejected(exc.problems) from None
     if not isinstance(data, dict):
-        raise BatchRejected([ItemProblem(None, None, "body", "must be a JSON object")])
+        raise ScheduleRejected([ItemProblem(None, None, "body", "must be a JSON object")])
     return data
-
-
-def _invalid(exc: ValidationError) -> BatchRejected:
-    return BatchRejected([ItemProblem(None, None, ".".join(str(p) for p in e["loc"]) or "body",
-                                      e["msg"].removeprefix("Value error, ")) for e in exc.errors()],
-                         "the schedule is invalid; nothing was saved")
 
 
 @operation(bp, "POST", "", "Create a schedule", body=Body(ScheduleIn), responses={201: ScheduleOut},
            problems=(409,))
 def create() -> tuple[ScheduleOut, int]:
-    """Create a schedule; its template is validated like a batch."""
-    try:
-        data = ScheduleIn.model_validate(_body())
-    except ValidationError as exc:
-        raise _invalid(exc) from None
+    """Create a schedule; its fields and its template (validated like a batch) are checked together."""
     settings = services().settings
-    schedule = schedules.create(db(), g.tenant, data, settings.max_items_per_batch, settings.source_policy(),
+    schedule = schedules.create(db(), g.tenant, _body(), settings.max_items_per_batch, settings.source_policy(),
                                 AddressPolicy(settings.callback_allow_private))
     db().commit()
     return schedules.schedule_out(schedule), 201
@@ -69,12 +61,9 @@ def read(schedule_id: uuid.UUID) -> ScheduleOut:
 def patch(schedule_id: uuid.UUID) -> ScheduleOut:
     """Change some fields; the result is validated as a whole."""
     schedule = schedules.get(db(), g.tenant, schedule_id)
-    try:
-        settings = services().settings
-        schedules.update(db(), schedule, _body(), settings.max_items_per_batch, settings.source_policy(),
-                         AddressPolicy(settings.callback_allow_private))
-    except ValidationError as exc:
-        raise _invalid(exc) from None
+    settings = services().settings
+    schedules.update(db(), schedule, _body(), settings.max_items_per_batch, settings.source_policy(),
+                     AddressPolicy(settings.callback_allow_private))
     db().commit()
     return schedules.schedule_out(schedule)
 

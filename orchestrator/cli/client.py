@@ -21,11 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from string import Formatter
 from typing import Any
 
 import click
 import httpx
 
+from orchestrator.catalog import FAL_SIZE_PRESETS
 from orchestrator.contact_sheet import SheetEntry, make_contact_sheet
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -162,6 +164,9 @@ def parse_ints(value: str, option: str) -> list[int]:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=option) from None
 
 
+SIZES_HELP = f"WIDTHxHEIGHT (e.g. 768x512) or a preset ({', '.join(FAL_SIZE_PRESETS)})"
+
+
 def parse_sizes(value: str) -> list[str | dict[str, int]]:
     """`square,landscape_4_3,768x512`: preset names, or WIDTHxHEIGHT as explicit sizes."""
     sizes: list[str | dict[str, int]] = []
@@ -169,10 +174,12 @@ def parse_sizes(value: str) -> list[str | dict[str, int]]:
         match = re.fullmatch(r"(\d+)[xX](\d+)", raw)
         if match:
             sizes.append({"width": int(match[1]), "height": int(match[2])})
-        elif raw:
+        elif raw in FAL_SIZE_PRESETS:
             sizes.append(raw)
+        elif raw:
+            raise click.BadParameter(f"unknown size {raw!r}; each size is {SIZES_HELP}", param_hint="--sizes")
     if not sizes:
-        raise click.BadParameter("give at least one size", param_hint="--sizes")
+        raise click.BadParameter(f"give at least one size: {SIZES_HELP}", param_hint="--sizes")
     return sizes
 
 
@@ -195,16 +202,32 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """CSV rows keyed by the header line."""
+def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The CSV header's columns, and the rows keyed by them."""
     try:
-        rows = list(csv.DictReader(read_text(path).splitlines()))
+        reader = csv.DictReader(read_text(path).splitlines())
+        rows = list(reader)
     except csv.Error as exc:
         raise CliError(f"{path} is not valid CSV: {exc}") from None
     if not rows:
         raise CliError(f"{path} has no rows below its header line")
     # A row longer than the header puts extras under the key None, which JSON cannot carry.
-    return [{k: v for k, v in row.items() if k is not None} for row in rows]
+    return list(reader.fieldnames or []), [{k: v for k, v in row.items() if k is not None} for row in rows]
+
+
+def check_columns(path: Path, columns: list[str], template: str, id_field: str | None) -> None:
+    """Say once, before sending, when the template or --id-field names a column the header lacks."""
+    have = f"{path.name} has the columns {', '.join(columns)}"
+    if id_field and id_field not in columns:
+        raise CliError(f"--id-field {id_field!r} is not a column in the header of {path.name}; {have}")
+    try:
+        used = [name for _, name, _, _ in Formatter().parse(template) if name]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--template") from None
+    missing = [name for name in dict.fromkeys(used) if name not in columns]
+    if missing:
+        names = ", ".join("{" + m + "}" for m in missing)
+        raise CliError(f"the template uses {names} but {path.name} has no such column; {have}")
 
 
 def matrix_batch(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
@@ -223,7 +246,9 @@ def matrix_batch(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
 
 def catalog_batch(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
     """A .csv file plus a prompt template as a `catalog` batch."""
-    catalog: dict[str, Any] = {"template": opts["template"], "rows": read_rows(path), "model": opts["model"]}
+    columns, rows = read_rows(path)
+    check_columns(path, columns, opts["template"], opts["id_field"])
+    catalog: dict[str, Any] = {"template": opts["template"], "rows": rows, "model": opts["model"]}
     if opts["id_field"]:
         catalog["id_field"] = opts["id_field"]
     if opts["sizes"]:
@@ -301,7 +326,8 @@ def post_batch(api: Api, sub: Submission, idempotency_key: str | None) -> tuple[
 @click.option("--model", default="flux-schnell", show_default=True, help="model id or family alias")
 @click.option("--seeds", default=None, help="comma-separated seeds, e.g. 1,2,3 (.txt)")
 @click.option("--variants", type=click.IntRange(1, 1000), default=None, help="random seeds per prompt (.txt)")
-@click.option("--sizes", default=None, help="e.g. square,landscape_4_3,768x512 (.txt; one size for .csv)")
+@click.option("--sizes", default=None,
+              help=f"comma-separated sizes, each {SIZES_HELP} (.txt; one size for .csv)")
 @click.option("--styles", "--style", "styles", multiple=True, help="style appended to each prompt; repeatable (.txt)")
 @click.option("--template", default=None, help='prompt template for a .csv, e.g. "Photo of {name}"')
 @click.option("--id-field", default=None, help="CSV column used as each job's custom_id")
@@ -386,13 +412,16 @@ def follow(api: Api, batch_id: str, interval: float) -> dict[str, Any]:
 def poll(api: Api, batch_id: str, interval: float) -> dict[str, Any]:
     """GET the batch, riding out an API restart or outage of up to WATCH_GRACE_SECONDS."""
     deadline = time.monotonic() + WATCH_GRACE_SECONDS
+    attempt = 0
     while True:
         try:
             return api.json("GET", f"/v1/batches/{batch_id}")
         except Transient as exc:
             # The batch keeps running server-side; giving up on a blip would only lose the view.
-            if time.monotonic() >= deadline:
+            # At least one retry, however slow the first failure was (a loaded machine).
+            if attempt and time.monotonic() >= deadline:
                 raise
+            attempt += 1
             click.echo(f"\n(retrying: {exc.message.splitlines()[0]})", err=True)
             time.sleep(max(interval, 1.0))
 
