@@ -37,7 +37,9 @@ def attempts(job: Job, events: list[JobEvent]) -> list[dict[str, Any]]:
         detail = e.detail or {}
         row["request_id"] = detail.get("request_id") or row["request_id"]
         row["provider"] = detail.get("provider") or row["provider"]
-        if e.to_state in ("queued", "failed", "cancelled", "succeeded") or e.kind in ("failed", "retry_scheduled"):
+        # The first outcome of an attempt is what happened to it; a later user retry does not replace it.
+        if row["outcome"] is None and (e.to_state in ("queued", "failed", "cancelled", "succeeded")
+                                       or e.kind in ("failed", "retry_scheduled")):
             row["outcome"] = e.kind + (f": {detail.get('error') or detail.get('reason')}"
                                        if detail.get("error") or detail.get("reason") else "")
             row["ended"] = e.created_at
