@@ -127,9 +127,15 @@ def test_up_serves_stops_on_sigint_and_keeps_data(tmp_path: Path) -> None:
     try:
         # Every address it serves is printed, on exactly the ports asked for.
         for url in (api, f"{api}/v1/openapi.json", f"{api}/metrics", f"http://127.0.0.1:{ports[1]}",
-                    f"http://127.0.0.1:{ports[2]}/v1", f"export ORCH_API_URL={api}"):
+                    f"http://127.0.0.1:{ports[2]}/v1", f"export ORCH_API_URL={api}", f"{api}/admin/"):
             assert url in banner, banner
         assert httpx.get(f"{api}/readyz", timeout=30).status_code == 200
+        # The printed key signs in to the dashboard (it is an admin key).
+        with httpx.Client(base_url=api, timeout=30) as browser:
+            token = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/admin/signin").text)
+            assert token is not None
+            signed_in = browser.post("/admin/signin", data={"api_key": key, "csrf_token": token.group(1)})
+            assert signed_in.status_code == 302 and signed_in.headers["location"].endswith("/admin/batches")
         headers = {"Authorization": f"Bearer {key}"}
         batch = httpx.post(f"{api}/v1/batches", headers=headers, timeout=30,
                            json={"items": [{"model": "flux-schnell", "prompt": "a lighthouse"}]}).json()

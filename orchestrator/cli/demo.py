@@ -58,6 +58,8 @@ def demo(out: Path, prompts: int, seeds: int) -> None:
         api = Api(stack.api_url, _create_key(stack))
         batch = api.json("POST", "/v1/batches", json=mood_board(prompts, seeds))
         click.echo(f"submitted batch {batch['id']}: {batch['total']} jobs on {', '.join(MODELS)}")
+        click.echo(f"watch it live: {stack.api_url}/admin/batches/{batch['id']} (sign in with the admin key "
+                   f"{api.key}; the dashboard stops with the demo)")
         final = follow(api, batch["id"], 0.25)
         manifest = fetch_manifest(api, batch["id"])
         jobs = _all_jobs(api, batch["id"])
@@ -176,7 +178,8 @@ def up(port: int, fal_port: int, runware_port: int, data_dir: Path | None) -> No
 def print_urls(stack: EmbeddedStack, data_dir: Path, key: str) -> None:
     """Every address `up` serves, and the two exports the client commands need."""
     assert stack.fal is not None and stack.runware is not None
-    rows = [("API", stack.api_url), ("OpenAPI", f"{stack.api_url}/v1/openapi.json"),
+    rows = [("API", stack.api_url), ("dashboard", f"{stack.api_url}/admin/ (sign in with ORCH_API_KEY: an admin key)"),
+            ("OpenAPI", f"{stack.api_url}/v1/openapi.json"),
             ("health", f"{stack.api_url}/readyz"), ("metrics", f"{stack.api_url}/metrics"),
             ("fal sandbox", stack.fal.url), ("Runware sandbox", f"{stack.runware.url}/v1"),
             ("data", str(data_dir.resolve()))]
