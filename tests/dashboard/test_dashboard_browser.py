@@ -208,7 +208,7 @@ def test_bulk_retry_audit_job_replay_providers_schedules(make_stack: StackFactor
         page.click("#confirm")
         page.wait_for_url(f"{base}/admin/audit*")
         row = page.locator('tr[data-action="bulk_retry"]')
-        assert row.count() == 1 and "ops" in row.inner_text() or "key" in row.inner_text()
+        assert row.count() == 1 and "key " in row.inner_text()  # the admin key's label (no secret)
         assert row.locator("td.num").inner_text() == "2"
         shot(page, "11-audit-after-bulk")
         batch = stack.wait_batch(api, batch_id)
@@ -221,7 +221,7 @@ def test_bulk_retry_audit_job_replay_providers_schedules(make_stack: StackFactor
         job = next(j for j in api.get(f"/v1/batches/{batch_id}/jobs").json()["data"] if j["custom_id"] == "fal-a")
         page.goto(f"{base}/admin/jobs/{job['id']}")
         timeline = page.inner_text("#timeline")
-        assert "claimed" in timeline and "retry_requested" in timeline and "stored" in timeline or "succeeded" in timeline
+        assert all(kind in timeline for kind in ("claimed", "failed", "retry_requested", "stored"))
         assert job["provider_request_id"] in page.inner_text("#attempts")
         assert '"prompt": "a lighthouse at dusk"' in page.inner_text("#native")
         assert "token=" not in page.content() or "token=***" in page.content()
@@ -235,8 +235,8 @@ def test_bulk_retry_audit_job_replay_providers_schedules(make_stack: StackFactor
             assets_before = s.scalar(sa.select(sa.func.count()).select_from(Asset)
                                      .where(Asset.job_id == sa.text(f"'{job['id']}'")))
         page.on("dialog", lambda d: d.accept())
-        page.click(f'[data-delivery="{delivery.id}"] summary') if not page.is_visible(
-            f'[data-delivery="{delivery.id}"] button.replay') else None
+        if not page.is_visible(f'[data-delivery="{delivery.id}"] button.replay'):
+            page.click(f'[data-delivery="{delivery.id}"] summary')  # open its <details>
         page.click(f'[data-delivery="{delivery.id}"] button.replay')
         page.wait_for_selector("#replayed")
 
@@ -263,8 +263,7 @@ def test_bulk_retry_audit_job_replay_providers_schedules(make_stack: StackFactor
         assert fal.locator('[data-field="in_flight"]').inner_text() == "0 / 8"
         fal_accepted = len(stack.submissions("fal"))
         assert fal.locator('[data-field="submitted"]').inner_text() == str(fal_accepted)
-        ok_fal = stack.fal.ledger.snapshot()
-        assert fal_accepted == 4 and ok_fal is not None  # 2 failed, then 2 retried
+        assert fal_accepted == 4  # two failed, then the same two retried
         assert fal.locator('[data-field="finished"]').inner_text() == "2 / 0"
         rw = page.locator('[data-provider="runware"]')
         assert rw.locator('[data-field="submitted"]').inner_text() == str(len(stack.submissions("runware")))
