@@ -375,6 +375,7 @@ def batch_out(batch: Batch) -> BatchOut:
         created_at=iso(batch.created_at) or "", started_at=iso(batch.started_at),
         completed_at=iso(batch.completed_at), catalog=catalog_summary(batch),
         parent_batch_id=str(batch.parent_batch_id) if batch.parent_batch_id else None,
+        schedule_id=str(batch.schedule_id) if batch.schedule_id else None,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, UrlConstraints, field_validator, model_validator
@@ -174,6 +175,8 @@ class BatchOut(BaseModel):
     catalog: dict[str, Any] | None = Field(default=None, description="catalog batches: rows read / new / changed / "
                                                                      "unchanged / removed / failed")
     parent_batch_id: str | None = Field(default=None, description="the batch this one re-renders, if any")
+    schedule_id: str | None = Field(default=None, json_schema_extra={"format": "uuid"},
+                                    description="the schedule that created this batch, if any")
 
 
 class CancelOut(BatchOut):
@@ -410,6 +413,7 @@ class BatchListQuery(_PageQuery):
     """GET /v1/batches query."""
 
     state: list[str] = _states(["queued", "running", "succeeded", "partially_failed", "failed", "cancelled"])
+    schedule_id: uuid.UUID | None = Field(default=None, description="only batches this schedule created")
 
 
 class JobListQuery(_PageQuery):

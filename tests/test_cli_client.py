@@ -186,6 +186,19 @@ def test_csv_and_size_mistakes_are_explained_once(stack: Stack, key: str, tmp_pa
     assert "WIDTHxHEIGHT" in usage and "square_hd" in usage
 
 
+def test_schedule_batches_are_marked_and_filtered(stack: Stack, key: str) -> None:
+    import httpx
+
+    api = httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    body = {"name": "cli-nightly", "cron": "0 2 * * *", "template": {"items": [{"model": "flux-schnell",
+                                                                               "prompt": "a mug"}]}}
+    sid = api.post("/v1/schedules", json=body).json()["id"]
+    bid = api.post(f"/v1/schedules/{sid}/run").json()["id"]
+    assert re.search(rf"schedule:\s+{sid}", cli(stack, key, "status", bid).output)
+    table = cli(stack, key, "status", "--schedule", sid).output
+    assert bid in table and len(re.findall(r"[0-9a-f]{8}-[0-9a-f-]{27}", table)) == 1
+
+
 def test_auth_connection_and_usage_errors(stack: Stack, key: str, tmp_path: Path) -> None:
     bogus = "orch_notarealkey_0123456789"
     out = cli(stack, bogus, "status", code=2).output

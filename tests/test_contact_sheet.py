@@ -70,3 +70,14 @@ def test_default_columns_and_empty(tmp_path: Path) -> None:
     assert make_contact_sheet([], tmp_path / "empty.png", thumb=32)[1] == 32 + 78 + 8
     with pytest.raises(ValueError):
         make_contact_sheet(entries, tmp_path / "x.png", thumb=8)
+
+
+def test_cells_are_labelled_with_provider_and_model(tmp_path: Path) -> None:
+    from orchestrator.cli.client import sheet_entries
+
+    manifest = [{"custom_id": "p0-s1", "prompt": "a fox", "provider": "fal", "model": "fal-ai/flux/schnell",
+                 "images": [{"file": "0-p0-s1-0.jpg"}]},
+                {"custom_id": "p1-s1", "prompt": "an owl", "provider": "runware", "model": "runware:100@1",
+                 "status": "failed", "images": [], "error": {"code": "content_policy"}}]
+    captions = [e.caption.split("\n") for e in sheet_entries(manifest, tmp_path)]
+    assert captions == [["fal fal-ai/flux/schnell", "p0-s1: a fox"], ["runware runware:100@1", "p1-s1: an owl"]]

@@ -36,6 +36,14 @@ def test_crud_and_run_now(client: FlaskClient, headers: dict[str, str]) -> None:
     run = client.post(f"/v1/schedules/{sid}/run", headers=headers)
     assert run.status_code == 201 and run.json["total"] == 2 and run.json["lane"] == "bulk"
     assert client.get(f"/v1/schedules/{sid}", headers=headers).json["last_batch_id"] == run.json["id"]
+    # A batch made by a schedule says so, and the batch list filters on it.
+    assert run.json["schedule_id"] == sid
+    other = client.post("/v1/batches", json={"items": [{"model": "flux-schnell", "prompt": "a fox"}]}, headers=headers)
+    assert other.json["schedule_id"] is None
+    listed = client.get(f"/v1/batches?schedule_id={sid}", headers=headers).json["data"]
+    assert [(b["id"], b["schedule_id"]) for b in listed] == [(run.json["id"], sid)]
+    assert client.get(f"/v1/batches/{run.json['id']}", headers=headers).json["schedule_id"] == sid
+    assert client.get("/v1/batches?schedule_id=nope", headers=headers).status_code == 400
     assert client.delete(f"/v1/schedules/{sid}", headers=headers).status_code == 204
     assert client.get(f"/v1/schedules/{sid}", headers=headers).status_code == 404
     assert client.get(f"/v1/batches/{run.json['id']}", headers=headers).status_code == 200  # batches stay

@@ -172,7 +172,7 @@ def _json_model(model: type[BatchPatch], name: str) -> BatchPatch:
 def list_batches(query: BatchListQuery) -> BatchPage:
     """This tenant's batches, newest first."""
     rows, nxt = batches.list_batches(db(), g.tenant, states=_split(query.state), cursor=query.cursor,
-                                     limit=query.limit)
+                                     limit=query.limit, filters=batches.BatchFilter(schedule_id=query.schedule_id))
     return BatchPage(data=[batches.batch_out(b) for b in rows], next_cursor=nxt)
 
 

@@ -76,6 +76,38 @@ def keys_revoke(prefix: str) -> None:
     click.echo(f"revoked {count} key(s)")
 
 
+@keys_group.command("list")
+@click.option("--tenant", default=None, help="only this tenant's keys")
+@click.option("--all", "show_revoked", is_flag=True, help="include revoked keys")
+def keys_list(tenant: str | None, show_revoked: bool) -> None:
+    """List keys: prefix, tenant, role, name, created, last used (never a secret: only hashes are stored)."""
+    import sqlalchemy as sa
+
+    from orchestrator.db import iso, make_engine, make_session_factory, session_scope
+    from orchestrator.models import ApiKey
+
+    settings = _settings()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            q = sa.select(ApiKey).order_by(ApiKey.tenant, ApiKey.created_at)
+            if tenant:
+                q = q.where(ApiKey.tenant == tenant)
+            if not show_revoked:
+                q = q.where(ApiKey.revoked.is_(False))
+            keys = list(session.scalars(q))
+    finally:
+        engine.dispose()
+    if not keys:
+        click.echo("no keys" + (f" for tenant {tenant!r}" if tenant else ""))
+        return
+    click.echo(f"{'PREFIX':<16}  {'TENANT':<16}  {'ROLE':<6}  {'CREATED':<32}  {'LAST USED':<32}  NAME")
+    for k in keys:
+        state = "  (revoked)" if k.revoked else ""
+        click.echo(f"{k.prefix:<16}  {k.tenant:<16}  {k.role:<6}  {iso(k.created_at) or '':<32}  "
+                   f"{iso(k.last_used_at) or '-':<32}  {k.name}{state}")
+
+
 @click.group("tenants")
 def tenants_group() -> None:
     """Tenant settings."""

@@ -464,6 +464,8 @@ def show_batch(batch: dict[str, Any]) -> None:
             ("started", batch.get("started_at") or "-"), ("completed", batch.get("completed_at") or "-")]
     if batch.get("callback_url"):
         rows.insert(3, ("callback", batch["callback_url"]))
+    if batch.get("schedule_id"):
+        rows.insert(3, ("schedule", batch["schedule_id"]))
     if batch.get("catalog"):
         rows.append(("catalog", f"{batch['catalog'].get('catalog')}: {catalog_line(batch['catalog'])}"))
     for key, value in rows:
@@ -494,9 +496,11 @@ def show_table(batches: list[dict[str, Any]]) -> None:
 @click.argument("batch_id", required=False)
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="batches to list")
 @click.option("--state", "states", multiple=True, help="only batches in this state; repeatable")
+@click.option("--schedule", "schedule_id", default=None, help="only batches this schedule created")
 @click.option("--json", "as_json", is_flag=True, help="print the API's JSON")
 @api_options
-def status(api: Api, batch_id: str | None, limit: int, states: tuple[str, ...], as_json: bool) -> None:
+def status(api: Api, batch_id: str | None, limit: int, states: tuple[str, ...], schedule_id: str | None,
+           as_json: bool) -> None:
     """Show one batch, or without BATCH_ID a table of recent batches."""
     if batch_id:
         batch = api.json("GET", f"/v1/batches/{batch_id}")
@@ -508,6 +512,8 @@ def status(api: Api, batch_id: str | None, limit: int, states: tuple[str, ...], 
     params: dict[str, Any] = {"limit": limit}
     if states:
         params["state"] = ",".join(states)
+    if schedule_id:
+        params["schedule_id"] = schedule_id
     page = api.json("GET", "/v1/batches", params=params)
     if as_json:
         click.echo(json.dumps(page, indent=2))
@@ -635,7 +641,9 @@ def sheet_entries(manifest: list[dict[str, Any]], dest: Path) -> list[SheetEntry
     """One contact-sheet cell per image, and a placeholder for each job without images."""
     entries = []
     for line in manifest:
-        caption = f"{line.get('custom_id')}\n{line.get('prompt') or ''}"
+        # Which provider and model drew it first (a mood board mixes them), then what was asked.
+        label = f"{line.get('provider') or '?'} {line.get('model') or ''}".rstrip()
+        caption = f"{label}\n{line.get('custom_id')}: {line.get('prompt') or ''}"
         for image in line.get("images") or []:
             path = dest / image["file"] if image.get("file") else None
             entries.append(SheetEntry(path, caption, None if path else "download failed"))

@@ -72,22 +72,50 @@ def _black(spec: ImageSpec) -> Image.Image:
 
 
 def _picture(spec: ImageSpec) -> Image.Image:
-    # Corner colours come from the prompt alone, so one prompt keeps its palette across seeds;
-    # the seed tints the centre so seeds still differ visibly.
+    # The palette comes from the prompt alone, so one prompt keeps its colours across seeds; the
+    # seed picks how the palette is laid out (one of eight turns/mirrors) and draws a few shapes
+    # of its own, so a mood board of four seeds shows four visibly different pictures.
     prompt_digest = hashlib.sha256(spec.prompt.encode()).digest()
     seed_digest = hashlib.sha256(str(spec.seed).encode()).digest()
     corners = Image.new("RGB", (3, 3))
     colours = [tuple(prompt_digest[i : i + 3]) for i in range(0, 27, 3)]
     colours[4] = tuple(seed_digest[:3])
     corners.putdata(colours)
+    corners = _turn(corners, seed_digest[3] % 8)
     canvas_size = (
         max(_MIN_CANVAS, spec.width // _DOWNSCALE),
         max(_MIN_CANVAS, spec.height // _DOWNSCALE),
     )
     canvas = corners.resize(canvas_size, Image.Resampling.BILINEAR)
+    _draw_shapes(canvas, seed_digest[4:], colours)
     _draw_words(canvas, spec)
     # NEAREST keeps the upscale to a fraction of a millisecond; the 4-pixel steps barely show on a gradient.
     return canvas.resize((spec.width, spec.height), Image.Resampling.NEAREST)
+
+
+_TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
+          Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.TRANSPOSE,
+          Image.Transpose.TRANSVERSE)
+
+
+def _turn(image: Image.Image, which: int) -> Image.Image:
+    turn = _TURNS[which]
+    return image if turn is None else image.transpose(turn)
+
+
+def _draw_shapes(canvas: Image.Image, digest: bytes, palette: list[tuple[int, ...]]) -> None:
+    """Three seed-placed discs and bars in the prompt's colours (inverted, so they stand out)."""
+    draw = ImageDraw.Draw(canvas)
+    width, height = canvas.size
+    for n in range(3):
+        b = digest[n * 6 : n * 6 + 6]
+        cx, cy = b[0] * width // 255, b[1] * height // 255
+        r = max(4, (b[2] % 40 + 15) * min(width, height) // 100)
+        fill = tuple(255 - c for c in palette[b[3] % len(palette)])
+        if b[4] % 2:
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        else:
+            draw.rectangle((cx - r, cy - r // 3, cx + r, cy + r // 3), fill=fill)
 
 
 def _draw_words(canvas: Image.Image, spec: ImageSpec) -> None:

@@ -44,7 +44,7 @@ def test_every_operation_declares_its_path_query_and_header_parameters(doc: dict
                 if p["in"] == "path":
                     assert p["required"] and p["schema"]["format"] == "uuid"
     params = {(p["in"], p["name"]): p for p in doc["paths"]["/v1/batches"]["get"]["parameters"]}
-    assert set(params) == {("query", "state"), ("query", "cursor"), ("query", "limit")}
+    assert set(params) == {("query", "state"), ("query", "cursor"), ("query", "limit"), ("query", "schedule_id")}
     assert params[("query", "limit")]["schema"] == {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}
     assert "failed" in params[("query", "state")]["schema"]["items"]["enum"]
     jobs = {p["name"] for p in doc["paths"]["/v1/batches/{batch_id}/jobs"]["get"]["parameters"]}
