@@ -64,7 +64,7 @@ ORCH_ENV = {
     "ORCH_STORING_STALE_SECONDS": "15", "ORCH_SWEEP_INTERVAL_SECONDS": "2", "ORCH_RETRY_BASE_SECONDS": "0.5",
     "ORCH_RETRY_MAX_SECONDS": "5", "ORCH_CALLBACK_TIMEOUT_SECONDS": "20", "ORCH_BREAKER_COOLDOWN_SECONDS": "2",
     "ORCH_FAL_MAX_IN_FLIGHT": "24", "ORCH_FAL_RATE_PER_SECOND": "100", "ORCH_RUNWARE_MAX_IN_FLIGHT": "24",
-    "ORCH_RUNWARE_RATE_PER_SECOND": "100", "ORCH_UNKNOWN_OUTCOME_WINDOW_SECONDS": "40",
+    "ORCH_RUNWARE_RATE_PER_SECOND": "100",
 }
 # Process faults at these shares of jobs final (each at least once per run); worker kills run throughout.
 PLAN = [(0.10, "api"), (0.20, "beat"), (0.35, "redis"), (0.50, "postgres"), (0.65, "api")]
@@ -80,6 +80,7 @@ class Params:
     kill_every: float = 4.0
     timeout: float = 1500.0
     keep: bool = False
+    window: float = 40.0  # ORCH_UNKNOWN_OUTCOME_WINDOW_SECONDS: how long "wait" batches wait for fal
 
 
 @dataclass
@@ -151,7 +152,7 @@ def workload(p: Params, rng: random.Random) -> list[dict[str, Any]]:
                           "num_images": images, "seed": n})
             n += 1
         bodies.append({"name": f"chaos-{b}", "lane": "bulk" if b % 2 else "interactive", "items": items,
-                       })
+                       "unknown_outcome": "resubmit" if b % 2 else "wait"})
     return bodies
 
 
@@ -196,7 +197,9 @@ class Run:
             "RUNWARE_API_KEY": RUNWARE_DEV_KEY, "ORCH_FAL_QUEUE_URL": fal_url, "ORCH_RUNWARE_API_URL": f"{rw_url}/v1",
             "ORCH_FAL_JWKS_URL": f"{fal_url}/.well-known/jwks.json",
             "ORCH_DOWNLOAD_ALLOWED_HOSTS": f"{fal_url.split('//')[1]},{rw_url.split('//')[1]}",
-            **ORCH_ENV,
+            # The callback receiver and the sandboxes are on loopback: let the SSRF guard allow that.
+            "ORCH_DOWNLOAD_ALLOW_PRIVATE": "true", "ORCH_CALLBACK_ALLOW_PRIVATE": "true",
+            **ORCH_ENV, "ORCH_UNKNOWN_OUTCOME_WINDOW_SECONDS": f"{self.p.window:g}",
         })
         self.env = env
         self.api = Service("api", [PY, "-m", "orchestrator.cli", "api", f"--port={self.api_port}", "--workers=2",

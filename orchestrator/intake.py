@@ -82,7 +82,7 @@ def parse_jsonl(raw: bytes, options: Mapping[str, str], max_items: int) -> Batch
     if not items:
         raise BatchRejected([ItemProblem(None, None, "body", "no items: the JSONL body is empty")])
     data: dict[str, Any] = {"items": items}
-    for key in ("name", "lane", "callback_url", "max_cost_usd"):
+    for key in ("name", "lane", "callback_url", "max_cost_usd", "unknown_outcome"):
         if options.get(key):
             data[key] = options[key]
     if options.get("dry_run"):

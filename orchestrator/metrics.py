@@ -25,6 +25,8 @@ HELP = {
     "orchestrator_catalog_rows_total": ("counter", "Catalog rows by diff outcome (read, new, changed, unchanged, "
                                                    "removed)"),
     "orchestrator_schedule_runs_total": ("counter", "Schedule firings by outcome (created, failed)"),
+    "orchestrator_unknown_outcome_resubmits_total": (
+        "counter", "Resubmissions after an unknown submit outcome, by provider and allowing policy"),
 }
 
 

@@ -90,6 +90,8 @@ class Batch(Base):
     notified_round: Mapped[int] = mapped_column(default=0)
     # A catalog batch's diff: rows read / new / changed / unchanged / removed (failed is live).
     catalog_summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # "wait" | "resubmit" for fal submits whose outcome is unknown; None = ORCH_UNKNOWN_OUTCOME_POLICY.
+    unknown_outcome: Mapped[str | None] = mapped_column(sa.String(16))
 
     def counts(self) -> dict[str, int]:
         """Job counts by state."""

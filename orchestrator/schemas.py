@@ -112,6 +112,9 @@ class BatchRequest(BaseModel):
     lane: Literal["interactive", "bulk"] = "interactive"
     callback_url: Annotated[HttpUrl, UrlConstraints(max_length=2000)] | None = Field(
         default=None, description="POSTed batch.completed; must be a public address")
+    unknown_outcome: Literal["wait", "resubmit"] | None = Field(
+        default=None, description="a fal submit whose answer was lost: wait out fal's webhook retries "
+        "(default ORCH_UNKNOWN_OUTCOME_POLICY) or resubmit after the callback timeout, which may pay twice")
     metadata: dict[str, Any] = Field(default_factory=dict)
     defaults: Defaults | None = None
     items: list[Item] | None = Field(default=None, min_length=1)
@@ -168,6 +171,7 @@ class BatchOut(BaseModel):
     max_cost_usd: float | None
     held_by_budget: int = Field(description="queued jobs waiting because a budget cap would be crossed")
     callback_url: str | None
+    unknown_outcome: str | None = Field(default=None, description="the batch's own unknown-outcome policy, if set")
     metadata: dict[str, Any]
     created_at: str = Timestamp()
     started_at: str | None = Timestamp()
@@ -428,6 +432,7 @@ class BatchOptions(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     lane: Literal["interactive", "bulk"] | None = None
     callback_url: str | None = Field(default=None, max_length=2000, json_schema_extra={"format": "uri"})
+    unknown_outcome: Literal["wait", "resubmit"] | None = None
     model: str | None = Field(default=None, max_length=200, description="default model of every line")
     max_cost_usd: str | None = Field(default=None, max_length=40, description="the batch's USD cap")
     dry_run: str | None = Field(default=None, max_length=5, description="true: estimate only, write nothing")

@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_attempts: int = Field(default=5, ge=1)
     callback_timeout_seconds: int = Field(default=600, ge=5)
+    # A fal submit whose answer was lost has no request id to poll, and fal retries its webhook
+    # for about 2 h (providers/fal.md): "wait" resubmits only after this window, when no callback
+    # can come any more; "resubmit" resubmits after callback_timeout_seconds and may pay twice.
+    unknown_outcome_policy: Literal["wait", "resubmit"] = "wait"
+    unknown_outcome_window_seconds: int = Field(default=7800, ge=5)
     download_max_bytes: int = Field(default=40 * 1024 * 1024, ge=1024)
     download_allowed_hosts: str = "fal.media,*.fal.media,im.runware.ai,*.runware.ai"
     # Catalog sources read at each schedule firing (orchestrator.catalog_source).

@@ -31,9 +31,11 @@ FINAL_BATCH = frozenset({BatchState.succeeded, BatchState.partially_failed, Batc
                          BatchState.cancelled})
 
 # Forward moves only, plus "back to queued" for a retry, which must carry a reason.
-# A callback may arrive while the submit call is still in flight, hence submitting -> storing.
+# A callback may arrive while the submit call is still in flight, hence submitting -> storing;
+# an earlier attempt's result may arrive after its retry was queued, hence queued -> storing
+# (the result is paid for: the job takes it and the queued retry is dropped).
 ALLOWED: Mapping[JobState, frozenset[JobState]] = {
-    Q: frozenset({SI, FAIL, CXL}),
+    Q: frozenset({SI, ST, FAIL, CXL}),
     SI: frozenset({SD, ST, Q, FAIL, CXL}),
     SD: frozenset({ST, Q, FAIL, CXL}),
     ST: frozenset({OK, Q, FAIL, CXL}),
@@ -75,14 +77,19 @@ def transition(
     detail: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
     cost: Decimal | None = None,
+    where: Iterable[sa.ColumnElement[bool]] = (),
 ) -> Transition:
     """Move one job to `to_state` if allowed; a disallowed or lost move changes nothing.
 
     `expect` narrows the states the caller is willing to move from (e.g. only `submitted`).
+    `where` adds conditions on the job row, checked under its row lock together with the state,
+    so a decision made from columns (the attempt, the submit intent) cannot act on a job that
+    changed since it was read.
     `values` are extra job columns to set in the same UPDATE.
     """
+    guard = list(where)
     row = session.execute(
-        sa.select(Job.state, Job.batch_id, Job.attempt).where(Job.id == job_id).with_for_update()
+        sa.select(Job.state, Job.batch_id, Job.attempt).where(Job.id == job_id, *guard).with_for_update()
     ).one_or_none()
     if row is None:
         return Transition(False, None)
@@ -101,7 +108,7 @@ def transition(
     if cost is not None:
         updates["cost"] = cost
     result = session.execute(
-        sa.update(Job).where(Job.id == job_id, Job.state == current).values(**updates)
+        sa.update(Job).where(Job.id == job_id, Job.state == current, *guard).values(**updates)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return Transition(False, current)

@@ -18,6 +18,7 @@ from tests.factories import make_batch
 S = JobState
 ALLOWED_PAIRS = {
     (S.queued, S.submitting), (S.queued, S.failed), (S.queued, S.cancelled),
+    (S.queued, S.storing),  # an earlier attempt's result arrived after its retry was queued
     (S.submitting, S.submitted), (S.submitting, S.storing), (S.submitting, S.queued),
     (S.submitting, S.failed), (S.submitting, S.cancelled),
     (S.submitted, S.storing), (S.submitted, S.queued), (S.submitted, S.failed), (S.submitted, S.cancelled),

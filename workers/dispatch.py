@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -116,8 +116,13 @@ def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submit
         session.execute(sa.update(Job).where(Job.id == job_id, Job.attempt == attempt,
                                              Job.provider_request_id.is_(None)).values(**values))
         state.record(session, job_id, "submitted", attempt, request_id=answer.request_id, late=True)
+        session.refresh(job)
         if moved.from_state is JobState.cancelled:
             c.publisher.after_commit(session, queue.CANCEL_AT_PROVIDER, str(job_id))
+        elif job.provider_request_id not in (None, answer.request_id) or job.attempt != attempt:
+            # The job took another attempt's result (or moved to a new attempt) while this one was
+            # being submitted: this request is superseded, so ask the provider to drop it.
+            c.publisher.after_commit(session, queue.CANCEL_AT_PROVIDER, str(job_id), answer.request_id, answer.meta)
     return "submitted_late"
 
 
@@ -126,8 +131,12 @@ def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderErro
     now = utcnow()
     detail: dict[str, object] = {"error": str(exc), "status_code": exc.status_code, "code": exc.code}
     with c.session() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
+        job = session.execute(sa.select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+        if job is None or job.state is not JobState.submitting or job.attempt != attempt:
+            # The sweep or a callback settled this attempt while the call was failing: theirs stands.
+            if job is not None:
+                state.record(session, job_id, "submit_failed_late", attempt, **detail)
+            return "stale"
         if isinstance(exc, RateLimited):
             wait = exc.retry_after if exc.retry_after is not None else 5.0
             admission.block(session, job.provider, wait, now)
@@ -164,14 +173,20 @@ def retry_or_fail(c: Context, session: sa.orm.Session, job: Job, exc: ProviderEr
 
 
 def requeue(c: Context, session: sa.orm.Session, job: Job, reason: str, delay: float,
-            detail: dict[str, object], *, count: bool = True, kind: str = "retry_scheduled") -> str:
-    """Put a job back in the queue after `delay` seconds, with the reason on its timeline."""
+            detail: dict[str, object], *, count: bool = True, kind: str = "retry_scheduled",
+            expect: Iterable[JobState] | None = None, where: Iterable[sa.ColumnElement[bool]] = ()) -> str:
+    """Put a job back in the queue after `delay` seconds, with the reason on its timeline.
+
+    `expect` and `where` make the move conditional on what the caller decided from (see
+    state.transition): a sweep's decision never applies to a job that moved on meanwhile.
+    """
     values: dict[str, object] = {"next_attempt_at": utcnow() + timedelta(seconds=delay),
                                  "submit_started_at": None}
     if count:
         values["retries"] = job.retries + 1
     moved = state.transition(session, job.id, JobState.queued, kind=kind, reason=reason,
-                             detail={**detail, "delay_seconds": round(delay, 2)}, values=values)
+                             detail={**detail, "delay_seconds": round(delay, 2)}, values=values,
+                             expect=expect, where=where)
     if moved.applied:
         c.publisher.after_commit(session, queue.DISPATCH, job.provider, countdown=min(MAX_COUNTDOWN, delay))
         kick(c, session, job.provider)
@@ -204,14 +219,25 @@ def kick(c: Context, session: sa.orm.Session, provider: str) -> None:
 
 
 @shared_task(name=queue.CANCEL_AT_PROVIDER, **TASK_OPTS)
-def cancel_at_provider(job_id: str) -> bool:
-    """Ask the provider to drop a cancelled job's request (fal only; Runware has no cancel)."""
+def cancel_at_provider(job_id: str, request_id: str | None = None, meta: dict[str, object] | None = None) -> bool:
+    """Ask the provider to drop a request (fal only; Runware has no cancel).
+
+    Without `request_id`: the request of a cancelled job. With it: a superseded attempt's request,
+    after the job took another attempt's result (never the request whose result the job keeps).
+    """
     c = ctx()
     with c.session() as session:
         job = session.get(Job, uuid.UUID(job_id))
-        if job is None or job.state is not JobState.cancelled or not job.provider_request_id:
+        if job is None:
             return False
-        provider, model, request_id, meta = job.provider, job.model, job.provider_request_id, job.provider_meta
+        if request_id is None:
+            if job.state is not JobState.cancelled or not job.provider_request_id:
+                return False
+            provider, model, request_id, meta = job.provider, job.model, job.provider_request_id, job.provider_meta
+        elif request_id == job.provider_request_id and job.state is not JobState.cancelled:
+            return False
+        else:
+            provider, model = job.provider, job.model
     try:
         accepted = c.adapter(provider).cancel(model, request_id, meta)
     except ProviderError as exc:

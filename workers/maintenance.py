@@ -16,16 +16,21 @@ from typing import Any, cast
 import sqlalchemy as sa
 from celery import shared_task
 
-from orchestrator import catalog_runs, queue, schedules, state
-from orchestrator.db import upsert_insert, utcnow
+from orchestrator import catalog_runs, metrics, queue, schedules, state
+from orchestrator.db import as_utc, upsert_insert, utcnow
 from orchestrator.models import Batch, Delivery, Heartbeat, Job, JobState
+from orchestrator.providers._http import DEFAULT_TIMEOUT
 from orchestrator.providers.registry import PROVIDERS
 from workers.context import Context, ctx
 from workers.dispatch import TASK_OPTS, requeue
-from workers.webhooks import poll_job
+from workers.reconcile import lock_job
+from workers.webhooks import poll_job, settle_runware
 
 log = logging.getLogger(__name__)
 PAGE = 200
+# A submit call can still be on its way this long after its intent was recorded (the adapters'
+# HTTP timeout plus a margin): only after that does "Runware does not know the task" mean it never arrived.
+SUBMIT_IN_FLIGHT_SECONDS = (DEFAULT_TIMEOUT.read or 30.0) + 5.0
 
 
 @shared_task(name=queue.SWEEP, **TASK_OPTS)
@@ -69,40 +74,76 @@ def _ids(c: Context, query: sa.Select[Any]) -> list[uuid.UUID]:
 
 
 def _requeue_unsent(c: Context, before: datetime) -> int:
-    """Claimed, but the submit task never recorded its intent: it never reached the provider."""
+    """Claimed, but the submit task never recorded its intent: it never reached the provider.
+
+    Decided and applied under the job's row lock, conditional on the intent still being unset:
+    submit() records its intent under the same lock, so a submit that is just starting either
+    wins (and this changes nothing) or finds the job re-queued (and sends nothing).
+    """
     ids = _ids(c, sa.select(Job.id).where(Job.state == JobState.submitting, Job.submit_started_at.is_(None),
                                           Job.updated_at < before))
     done = 0
     for job_id in ids:
         with c.session() as session:
-            job = session.get(Job, job_id)
-            if job is not None and job.state is JobState.submitting and job.submit_started_at is None:
-                done += requeue(c, session, job, "claimed but never sent (worker lost)", 0.0, {},
-                                count=False) == "requeued"
+            job = lock_job(session, job_id)
+            if job is not None and job.state is JobState.submitting and job.submit_started_at is None \
+                    and job.updated_at < before:
+                done += requeue(c, session, job, "claimed but never sent (worker lost)", 0.0, {}, count=False,
+                                expect=[JobState.submitting],
+                                where=[Job.attempt == job.attempt, Job.submit_started_at.is_(None)]) == "requeued"
     return done
 
 
 def _settle_unknown(c: Context, now: datetime) -> int:
     """Submits that may have reached the provider: ask Runware; give fal time to call back."""
     s = c.settings
+    # Runware knows a task by the UUID we chose: getResponse settles every unknown attempt
+    # before anything is resubmitted (see settle_runware).
     runware = _ids(c, sa.select(Job.id).where(
         Job.state == JobState.submitting, Job.provider == "runware", Job.submit_started_at.is_not(None),
         Job.submit_started_at < now - timedelta(seconds=s.claim_stale_seconds)))
-    settled = sum(poll_job(c, job_id) not in ("skipped", "poll failed") for job_id in runware)
-    # fal has no way to look a request up without its id: wait for the attempt's callback,
-    # and only after the callback window resubmit as a new attempt, saying why.
+    not_found_before = now - timedelta(seconds=max(s.claim_stale_seconds, SUBMIT_IN_FLIGHT_SECONDS))
+    settled = sum(settle_runware(c, job_id, not_found_before) not in ("skipped", "poll failed", "waiting")
+                  for job_id in runware)
+    # fal has no way to look a request up without its id: wait for the attempt's callback, then
+    # resubmit as a new attempt as the batch's policy allows (see _resubmit_unknown_fal).
+    window = min(s.callback_timeout_seconds, s.unknown_outcome_window_seconds)
     fal = _ids(c, sa.select(Job.id).where(
         Job.state == JobState.submitting, Job.provider == "fal", Job.submit_started_at.is_not(None),
-        Job.submit_started_at < now - timedelta(seconds=s.callback_timeout_seconds)))
-    for job_id in fal:
-        with c.session() as session:
-            job = session.get(Job, job_id)
-            if job is not None and job.state is JobState.submitting:
-                # A resubmission after an unknown outcome may pay twice: its own timeline kind,
-                # with the policy that allowed it, so audits count it apart from true duplicates.
-                settled += requeue(c, session, job, "submit outcome unknown and no callback arrived", 0.0,
-                                   {"policy": "resubmit"}, kind="unknown_outcome_resubmit") == "requeued"
-    return settled
+        Job.submit_started_at < now - timedelta(seconds=window)))
+    return settled + sum(_resubmit_unknown_fal(c, job_id, now) for job_id in fal)
+
+
+def _resubmit_unknown_fal(c: Context, job_id: uuid.UUID, now: datetime) -> bool:
+    """Resubmit one fal attempt whose submit answer never came, if its batch's policy says it is time.
+
+    `wait` (the default) waits out fal's webhook retries (ORCH_UNKNOWN_OUTCOME_WINDOW_SECONDS,
+    about 2 h): after that no callback can come, so the job cannot end with two results.
+    `resubmit` goes after ORCH_CALLBACK_TIMEOUT_SECONDS and may pay twice; if the first
+    attempt's result comes after all, the job takes it and the new request is cancelled at fal.
+    Decision and move are one locked, conditional step: a late submit answer or a second sweep
+    that got there first leaves nothing to do.
+    """
+    s = c.settings
+    with c.session() as session:
+        job = lock_job(session, job_id)
+        if job is None or job.state is not JobState.submitting or job.submit_started_at is None:
+            return False
+        batch = session.get(Batch, job.batch_id)
+        policy = (batch.unknown_outcome if batch is not None else None) or s.unknown_outcome_policy
+        wait = s.unknown_outcome_window_seconds if policy == "wait" else s.callback_timeout_seconds
+        if as_utc(job.submit_started_at) >= now - timedelta(seconds=wait):
+            return False
+        # A resubmission after an unknown outcome may pay twice: its own timeline kind, with the
+        # policy that allowed it, and a counter in /metrics, so audits count it apart from true duplicates.
+        moved = requeue(c, session, job, f"submit outcome unknown, no callback within {wait:g}s", 0.0,
+                        {"policy": policy, "waited_seconds": wait}, kind="unknown_outcome_resubmit",
+                        expect=[JobState.submitting],
+                        where=[Job.attempt == job.attempt, Job.submit_started_at == job.submit_started_at])
+        if moved == "requeued":
+            metrics.incr(session, "orchestrator_unknown_outcome_resubmits_total", provider=job.provider,
+                         policy=policy)
+        return moved == "requeued"
 
 
 def _poll_overdue(c: Context, now: datetime) -> int:

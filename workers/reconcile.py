@@ -36,6 +36,8 @@ def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
 
 def apply(c: Context, session: Session, job: Job, attempt: int, outcome: Outcome, source: str) -> str:
     """Apply one outcome for `attempt` of a locked job; returns a short description."""
+    if _adoptable(job, attempt, outcome):
+        return _adopt(c, session, job, attempt, outcome, source)
     if job.state in state.TERMINAL or job.state in (JobState.storing, JobState.queued) or job.attempt != attempt:
         why = f"job is {job.state.value}" if job.attempt == attempt else f"stale attempt {attempt}"
         state.record(session, job.id, "late_result_ignored", attempt, source=source, status=outcome.status, why=why)
@@ -47,6 +49,50 @@ def apply(c: Context, session: Session, job: Job, attempt: int, outcome: Outcome
     if outcome.status == "succeeded":
         return _collect(c, session, job, outcome, source)
     return "fetch_result"
+
+
+def _adoptable(job: Job, attempt: int, outcome: Outcome) -> bool:
+    """A valid result of an earlier attempt, or of an attempt already re-queued, for an unfinished job.
+
+    Such a result is a paid image: throwing it away as late and running the new attempt would pay
+    twice. So the job takes it; a queued retry is dropped and a later attempt is cancelled.
+    """
+    if outcome.status != "succeeded" or not outcome.images or attempt < 1:
+        return False
+    if job.state is JobState.queued:
+        return attempt <= job.attempt
+    return job.state in WAITING and attempt < job.attempt
+
+
+def _adopt(c: Context, session: Session, job: Job, attempt: int, outcome: Outcome, source: str) -> str:
+    later = job.attempt if job.state is not JobState.queued else None
+    superseded = (job.provider_request_id, dict(job.provider_meta or {})) if later else (None, {})
+    added = sum(_add_asset(session, job, img, attempt) for img in outcome.images)
+    have = session.scalar(sa.select(sa.func.count()).select_from(Asset).where(Asset.job_id == job.id)) or 0
+    if have < job.num_images:
+        # Runware delivers one image per webhook: keep what arrived and wait for the rest.
+        state.record(session, job.id, "image_received", attempt, source=source, have=have, of=job.num_images,
+                     earlier_attempt=True, added=added)
+        return f"collected {have}/{job.num_images} (attempt {attempt})"
+    cost = _cost(session, job.id)
+    if cost is None and outcome.cost is not None:
+        cost = Decimal(str(outcome.cost))
+    values: dict[str, object] = {"callback_at": utcnow()}
+    if outcome.request_id:
+        values["provider_request_id"] = outcome.request_id
+    moved = state.transition(session, job.id, JobState.storing, kind="earlier_result_adopted",
+                             expect=(JobState.queued, *WAITING), cost=cost, values=values,
+                             detail={"source": source, "images": have, "attempt": attempt,
+                                     "superseded_attempt": later, "request_id": outcome.request_id})
+    if not moved.applied:
+        return "unchanged"
+    c.publisher.after_commit(session, queue.STORE_JOB, str(job.id))
+    request_id, meta = superseded
+    if request_id and request_id != outcome.request_id:
+        # The later attempt reached the provider: ask it to drop that request (fal; a no-op on Runware).
+        c.publisher.after_commit(session, queue.CANCEL_AT_PROVIDER, str(job.id), request_id, meta)
+    kick(c, session, job.provider)
+    return f"adopted attempt {attempt}"
 
 
 def _collect(c: Context, session: Session, job: Job, outcome: Outcome, source: str) -> str:
@@ -79,8 +125,8 @@ def _collect(c: Context, session: Session, job: Job, outcome: Outcome, source: s
     return "storing"
 
 
-def _add_asset(session: Session, job: Job, img: ImageRef) -> bool:
-    key = img.provider_image_id or f"{job.attempt}:{img.index}"
+def _add_asset(session: Session, job: Job, img: ImageRef, attempt: int | None = None) -> bool:
+    key = img.provider_image_id or f"{attempt or job.attempt}:{img.index}"
     exists = session.scalar(sa.select(Asset.id).where(Asset.job_id == job.id, Asset.provider_image_id == key))
     if exists is not None:
         return False
