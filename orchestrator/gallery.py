@@ -68,7 +68,8 @@ def tiles(session: Session, batch: Batch, *, picks_only: bool = False, after: in
     if since is not None:
         q = q.where(Asset.stored_at > since)
     rows = session.execute(q.order_by(Job.position, Asset.index).limit(limit)).all()
-    return [Tile(*r[:5], r[5] or "", *r[6:16], bool(r[16])) for r in rows]
+    return [Tile(r[0], r[1], r[2], r[3], r[4], r[5] or "", r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
+                 r[14], r[15], bool(r[16])) for r in rows]
 
 
 def picks_zip(session: Session, storage: Storage, batch: Batch) -> bytes:

@@ -24,7 +24,7 @@ class InvalidSelection(DomainError):
     title = "Invalid selection"
 
 
-def _asset_rows(session: Session, tenant: str | None, asset_ids: Iterable[str | uuid.UUID]) -> list[sa.Row[Any]]:
+def _asset_rows(session: Session, tenant: str | None, asset_ids: Iterable[str | uuid.UUID]) -> list[Any]:
     wanted = ids(asset_ids)
     q = sa.select(Asset.id, Job.batch_id, Job.tenant).join(Job, Job.id == Asset.job_id).where(
         Asset.id.in_(wanted), Asset.stored_at.is_not(None))

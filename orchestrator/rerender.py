@@ -11,6 +11,7 @@ import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -49,7 +50,8 @@ def rerender(session: Session, parent: Batch, selection: Selection, *, model: st
         raise InvalidSelection("nothing to re-render: the selection has no jobs of this batch")
     if len(items) > min(max_items, MAX_ITEMS):
         raise InvalidSelection(f"{len(items)} items selected; at most {min(max_items, MAX_ITEMS)} per re-render")
-    request = BatchRequest(name=(name or f"{parent.name or 'batch'} (re-render)")[:200], lane=parent.lane,
+    lane: Literal["interactive", "bulk"] = "bulk" if parent.lane == "bulk" else "interactive"
+    request = BatchRequest(name=(name or f"{parent.name or 'batch'} (re-render)")[:200], lane=lane,
                            metadata={"parent_batch_id": str(parent.id)}, items=items)
     plan = intake.plan(request, max_items)
     batch, created = batches.create_batch(session, parent.tenant, plan, idempotency_key=idempotency_key,

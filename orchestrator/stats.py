@@ -137,7 +137,7 @@ def _finished_in_python(session: Session, hour: datetime) -> dict[str, dict[str,
         mine = [r for r in rows if r.provider == provider]
         ok = [r for r in mine if r.state == JobState.succeeded and r.callback_at and r.submitted_at]
         gen = sorted((as_utc(r.callback_at) - as_utc(r.submitted_at)).total_seconds() for r in ok)
-        store = sorted((as_utc(r.completed_at) - as_utc(r.callback_at)).total_seconds() for r in ok)
+        store = sorted((as_utc(r.completed_at) - as_utc(r.callback_at)).total_seconds() for r in ok if r.completed_at)
         out[provider] = {"succeeded": sum(r.state == JobState.succeeded for r in mine),
                          "failed": sum(r.state == JobState.failed for r in mine),
                          "gen_p50": percentile(gen, 0.5), "gen_p95": percentile(gen, 0.95),
@@ -182,6 +182,8 @@ def throughput(session: Session, batch_id: uuid.UUID, start: datetime, end: date
     counts = [0] * buckets
     for (done,) in session.execute(sa.select(Job.completed_at).where(Job.batch_id == batch_id,
                                                                       Job.completed_at.is_not(None))):
+        if done is None:
+            continue
         i = int((as_utc(done) - start).total_seconds() / span * buckets)
         counts[min(max(i, 0), buckets - 1)] += 1
     return [(start + timedelta(seconds=i * span / buckets), n) for i, n in enumerate(counts)]

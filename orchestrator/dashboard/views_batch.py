@@ -120,7 +120,7 @@ def _selected_assets() -> list[str]:
 
 
 def _back(batch: Batch, **extra: Any) -> Response:
-    keep = {k: v for k in ("picks",) if (v := request.form.get("keep_" + k))}
+    keep: dict[str, Any] = {k: v for k in ("picks",) if (v := request.form.get("keep_" + k))}
     return redirect(url_for("dashboard.batch_page", batch_id=batch.id, **keep, **extra))  # type: ignore[return-value]
 
 

@@ -44,7 +44,8 @@ def _schedule_rows() -> list[dict[str, Any]]:
     for s in rows:
         nxt = as_utc(s.next_run_at) if s.next_run_at else None
         out.append({"s": s, "next_local": nxt.astimezone(ZoneInfo(s.timezone)) if nxt else None,
-                    "next_utc": nxt.astimezone(UTC) if nxt else None, "last_batch": last.get(s.last_batch_id)})
+                    "next_utc": nxt.astimezone(UTC) if nxt else None,
+                    "last_batch": last.get(s.last_batch_id) if s.last_batch_id else None})
     return out
 
 

@@ -198,6 +198,16 @@ def test_bulk_retry_audit_job_replay_providers_schedules(make_stack: StackFactor
         ctx = b.new_context(viewport={"width": 1280, "height": 900})
         page = ctx.new_page()
         sign_in(page, base, admin_key)
+        # Live updates: a failing fragment shows "reconnecting", and recovery shows "live" again.
+        page.goto(f"{base}/admin/batches")
+        state = '() => document.getElementById("live-status").dataset.state'
+        wait_for(lambda: page.evaluate(state) == "live", 30, "live status")
+        page.route("**/admin/fragments/batches*", lambda route: route.abort())
+        wait_for(lambda: page.evaluate(state) == "reconnecting", 30, "reconnecting status")
+        assert page.is_visible("#live-status")
+        shot(page, "16-reconnecting", full=False)
+        page.unroute("**/admin/fragments/batches*")
+        wait_for(lambda: page.evaluate(state) == "live", 60, "live status after recovery")
         page.goto(f"{base}/admin/batches?state=partially_failed")
         assert page.locator("tr[data-batch]").count() == 1
         page.check(f'input[name=batch][value="{batch_id}"]')
