@@ -16,7 +16,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from celery import shared_task
 
-from orchestrator import catalog, metrics, pricing, queue, state
+from orchestrator import catalog, metrics, queue, state
 from orchestrator.callbacks import callback_url
 from orchestrator.db import utcnow
 from orchestrator.log import bound
@@ -26,6 +26,7 @@ from orchestrator.providers.base import Lane, SubmitRequest, Submitted
 from orchestrator.providers.errors import PermanentProviderError, ProviderError, RateLimited
 from orchestrator.providers.registry import PROVIDERS
 from workers import admission
+from workers import failover as failover_jobs
 from workers.context import Context, ctx
 
 log = logging.getLogger(__name__)
@@ -166,9 +167,16 @@ def retry_or_fail(c: Context, session: sa.orm.Session, job: Job, exc: ProviderEr
                                  "error_message": f"gave up after {job.retries + 1} attempts: {exc.message}"})
         kick(c, session, job.provider)
         return "failed"
-    if breaker_open and failover(session, job, reason, c.settings.price_table()):
-        kick(c, session, job.provider)
-        return "failed_over"
+    if breaker_open:
+        # Every queued alias job leaves this provider now, not after the breaker's cooldown.
+        prices = c.settings.price_table()
+        rerouted = failover_jobs.reroute_queued(session, job.provider, prices, utcnow())
+        failed_over = failover(session, job, reason, prices)
+        if rerouted or failed_over:
+            for provider in PROVIDERS:
+                kick(c, session, provider)
+        if failed_over:
+            return "failed_over"
     return requeue(c, session, job, reason, admission.backoff(c.settings, job.retries + 1), detail)
 
 
@@ -194,23 +202,13 @@ def requeue(c: Context, session: sa.orm.Session, job: Job, reason: str, delay: f
 
 
 def failover(session: sa.orm.Session, job: Job, reason: str, prices: Mapping[str, Price]) -> bool:
-    """Move a family-alias job to the other provider's model; False if it cannot move."""
+    """Move a failed family-alias job to the other provider's model; False if it cannot move."""
     target = catalog.fallback_model(job.requested_model, job.model)
     if target is None:
         return False
-    try:
-        params = catalog.for_fallback(job.params, target)
-    except catalog.CatalogError as exc:
-        state.record(session, job.id, "failover_impossible", job.attempt, reason=str(exc))
-        return False
-    moved = state.transition(
-        session, job.id, JobState.queued, kind="failover", reason=f"{reason}; {job.provider} breaker open",
-        detail={"from": job.model, "to": target.id},
-        values={"provider": target.provider, "model": target.id, "params": params, "next_attempt_at": utcnow(),
-                "submit_started_at": None, "retries": job.retries + 1,
-                # budgets count the new model's price while the job is in flight
-                "estimated_cost": pricing.job_cost(prices, target.id, params)})
-    return moved.applied
+    return failover_jobs.move(session, job, target, "failover", f"{reason}; {job.provider} breaker open", prices,
+                              values={"next_attempt_at": utcnow(), "submit_started_at": None,
+                                      "retries": job.retries + 1})
 
 
 def kick(c: Context, session: sa.orm.Session, provider: str) -> None:

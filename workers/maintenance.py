@@ -21,6 +21,7 @@ from orchestrator.db import as_utc, upsert_insert, utcnow
 from orchestrator.models import Batch, Delivery, Heartbeat, Job, JobState
 from orchestrator.providers._http import DEFAULT_TIMEOUT
 from orchestrator.providers.registry import PROVIDERS
+from workers import failover
 from workers.context import Context, ctx
 from workers.dispatch import TASK_OPTS, requeue
 from workers.reconcile import lock_job
@@ -51,6 +52,7 @@ def run_sweep(c: Context, now: datetime | None = None) -> dict[str, int]:
         "replayed_deliveries": _replay_deliveries(c, now - timedelta(seconds=30)),
         "notified": _renotify(c),
         "schedules_fired": _fire_schedules(c, now),
+        "failover_moves": _rebalance(c, now),
     }
     for provider in PROVIDERS:
         c.publisher.send(queue.DISPATCH, provider)
@@ -58,6 +60,12 @@ def run_sweep(c: Context, now: datetime | None = None) -> dict[str, int]:
     if any(counts.values()):
         log.info("sweep", extra=counts)
     return counts
+
+
+def _rebalance(c: Context, now: datetime) -> int:
+    """Alias jobs off a provider whose breaker is open, and back once it has closed (workers/failover.py)."""
+    with c.session() as session:
+        return failover.rebalance(session, PROVIDERS, c.settings.price_table(), now)
 
 
 def beat(c: Context, name: str) -> None:
