@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from string import Formatter
@@ -29,6 +30,7 @@ from orchestrator.catalog_source import SourcePolicy
 from orchestrator.db import as_utc, iso, utcnow
 from orchestrator.errors import BatchRejected, Conflict, ItemProblem, NotFound, ScheduleRejected, TooLarge
 from orchestrator.models import Batch, Schedule, ScheduleRun
+from orchestrator.pricing import Price
 from orchestrator.state import FINAL_BATCH
 from orchestrator.storage.base import Storage
 
@@ -265,6 +267,7 @@ class SlotEnv:
     http: httpx.Client | None = None
     policy: SourcePolicy = field(default_factory=SourcePolicy)
     resolver: catalog_source.Resolver = catalog_source.system_resolver
+    prices: Mapping[str, Price] | None = None  # the price table (ORCH_PRICES applied); None: the defaults
 
 
 class SlotFailed(Exception):
@@ -292,11 +295,13 @@ def run_slot(session: Session, schedule: Schedule, slot: datetime, max_items: in
             made = catalog_runs.create(
                 session, schedule.tenant, plan, catalog_runs.storage_exists(env.storage),
                 default_name=f"schedule-{schedule.id}", only_changed=bool(plan.request.catalog.only_changed),
-                idempotency_key=key, request_hash=digest, read=read, source=source)
+                idempotency_key=key, request_hash=digest, read=read, source=source,
+                prices=env.prices if env else None)
             batch = made.batch
             session.info.setdefault("prune_keys", []).extend(made.prune)
         else:
-            batch, _ = batches.create_batch(session, schedule.tenant, plan, idempotency_key=key, request_hash=digest)
+            batch, _ = batches.create_batch(session, schedule.tenant, plan, idempotency_key=key, request_hash=digest,
+                                            prices=env.prices if env else None)
     except (BatchRejected, TooLarge) as exc:
         raise SlotFailed(_describe(exc)) from None
     batch.schedule_id = schedule.id

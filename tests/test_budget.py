@@ -230,9 +230,18 @@ def test_prices_from_settings_price_the_estimate(sessions: sessionmaker[Session]
 
     app = create_app(settings.model_copy(update={"prices": '{"fal-ai/flux/schnell": 0.01}'}))
     try:
-        resp = app.test_client().post("/v1/estimates", json={"items": items(2)},
-                                      headers={"Authorization": f"Bearer {make_key(sessions, 'acme')}"})
+        client, auth = app.test_client(), {"Authorization": f"Bearer {make_key(sessions, 'acme')}"}
+        resp = client.post("/v1/estimates", json={"items": items(2)}, headers=auth)
         assert resp.json["estimated_cost"] == pytest.approx(0.02)
+        made = client.post("/v1/batches", json={"items": items(3)}, headers=auth).json
+        assert made["estimated_cost"] == pytest.approx(0.03)
+        # a schedule's batches are priced by the same table
+        schedule = client.post("/v1/schedules", json={"name": "nightly", "cron": "0 2 * * *",
+                                                      "template": {"items": items(4)}}, headers=auth)
+        assert schedule.status_code == 201, schedule.json
+        run = client.post(f"/v1/schedules/{schedule.json['id']}/run", headers=auth)
+        assert run.status_code == 201, run.json
+        assert run.json["estimated_cost"] == pytest.approx(0.04)
     finally:
         app.extensions["orchestrator"].publisher.close()
         app.extensions["orchestrator"].engine.dispose()

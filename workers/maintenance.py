@@ -188,7 +188,8 @@ def _fire_schedules(c: Context, now: datetime) -> int:
 
     Catalog sources are read here, in a worker, never in an API request.
     """
-    env = schedules.SlotEnv(storage=c.storage, http=c.http, policy=c.settings.source_policy())
+    env = schedules.SlotEnv(storage=c.storage, http=c.http, policy=c.settings.source_policy(),
+                            prices=c.settings.price_table())
     with c.session() as session:
         created = schedules.fire_due(session, now, c.settings.max_items_per_batch, env)
         if created:

@@ -90,7 +90,7 @@ def run_now(schedule_id: uuid.UUID) -> tuple[BatchOut | ScheduleOut, int]:
         schedule.next_run_at = utcnow()
         session.commit()
         return schedules.schedule_out(schedule), 202
-    env = schedules.SlotEnv(storage=services().storage)
+    env = schedules.SlotEnv(storage=services().storage, prices=services().settings.price_table())
     slot = utcnow()
     try:
         batch = schedules.run_slot(session, schedule, slot, services().settings.max_items_per_batch, env)
