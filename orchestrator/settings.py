@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     fal_queue_url: str = "https://queue.fal.run"
     runware_api_url: str = "https://api.runware.ai/v1"
     fal_jwks_url: str = "https://rest.fal.ai/.well-known/jwks.json"
+    fal_api_url: str = "https://api.fal.ai"  # Platform API (prices), read by `orchestrator prices sync`
     fal_user_id: str = ""
 
     fal_max_in_flight: int = Field(default=2, ge=1)

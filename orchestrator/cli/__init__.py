@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from orchestrator.cli import admin, client, demo, moodboard, run
+from orchestrator.cli import admin, client, demo, moodboard, prices, run
 from orchestrator.cli.sandbox import sandbox
 from orchestrator.cli.schedules import schedules
 
@@ -21,6 +21,7 @@ admin.register(main)
 run.register(main)
 client.register(main)
 moodboard.register(main)
+prices.register(main)
 main.add_command(sandbox)
 main.add_command(schedules)
 

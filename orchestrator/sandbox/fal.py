@@ -92,6 +92,7 @@ class FalSandbox(BaseSandbox):
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_get("/.well-known/jwks.json", self._handle_jwks)
         app.router.add_post("/_sandbox/rotate-key", self._handle_rotate)
+        app.router.add_get("/v1/models/pricing", self._handle_pricing)  # fal's Platform API (api.fal.ai)
         app.router.add_post("/{path:.+}", self._handle_submit)
         app.router.add_get("/{path:.+}", self._handle_get)
         app.router.add_put("/{path:.+}", self._handle_cancel)
@@ -466,6 +467,19 @@ class FalSandbox(BaseSandbox):
         return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
 
     # -- keys -----------------------------------------------------------------------------------------------
+
+    async def _handle_pricing(self, request: web.Request) -> web.Response:
+        # GET /v1/models/pricing?endpoint_id=a&endpoint_id=b, with the account's key: unit prices
+        # in USD; the FLUX image endpoints quote the price of one output megapixel.
+        key = fal_http.authenticate(request, self.config.keys)
+        if isinstance(key, web.Response):
+            return key
+        wanted = request.query.getall("endpoint_id", [])
+        if not wanted:
+            return fal_http.detail(422, "endpoint_id is required")
+        prices = [{"endpoint_id": e, "unit_price": self.config.prices[e], "unit": "megapixels", "currency": "USD"}
+                  for e in wanted if e in self.config.prices]
+        return web.json_response({"prices": prices, "next_cursor": None, "has_more": False})
 
     async def _handle_jwks(self, request: web.Request) -> web.Response:
         return web.json_response(self.signer.jwks(), headers={"Cache-Control": "max-age=3600"})
