@@ -199,6 +199,42 @@ def test_schedule_batches_are_marked_and_filtered(stack: Stack, key: str) -> Non
     assert bid in table and len(re.findall(r"[0-9a-f]{8}-[0-9a-f-]{27}", table)) == 1
 
 
+def test_terminal_gets_rich_progress_and_live_tables(stack: Stack, key: str, tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.cli import client, progress
+
+    api = client.Api(stack.api_url, key)
+    items = [{"custom_id": f"t{i}", "model": "flux-schnell", "prompt": f"a fox {i}"} for i in range(6)]
+    bid = api.json("POST", "/v1/batches", json={"items": items})["id"]
+
+    def terminal() -> tuple[Console, io.StringIO]:
+        buf = io.StringIO()
+        return Console(file=buf, force_terminal=True, color_system="standard", width=160), buf
+
+    out, buf = terminal()
+    final = progress.watch_batch(lambda: client.poll(api, bid, 0.2), 0.2, out)
+    text = buf.getvalue()
+    assert final["state"] == "succeeded"
+    assert "\x1b[" in text and "6/6" in text and "jobs/s" in text and "ETA" in text
+    assert "\x1b[32msucceeded 6" in text  # the state's colour (green)
+
+    out, buf = terminal()
+    progress.watch_batches(lambda: api.json("GET", "/v1/batches", params={"limit": 3})["data"], 0.2, out)
+    assert "STATE" in buf.getvalue() and bid in buf.getvalue() and "\x1b[" in buf.getvalue()
+    out, buf = terminal()
+    progress.show_batches([api.json("GET", f"/v1/batches/{bid}")], out)
+    assert "\x1b[32msucceeded" in buf.getvalue()
+
+    # Piped (CliRunner is not a terminal): today's plain lines, no escape codes.
+    watched = cli(stack, key, "status", bid, "--watch", "--interval", "0.2").output
+    assert re.search(r"\[#{30}\] 6/6 100%", watched) and re.search(r"state:\s+succeeded", watched)
+    listing = cli(stack, key, "status", "--watch", "--limit", "2", "--interval", "0.2").output
+    assert listing.startswith("ID ") and "\x1b[" not in listing + watched
+
+
 def test_auth_connection_and_usage_errors(stack: Stack, key: str, tmp_path: Path) -> None:
     bogus = "orch_notarealkey_0123456789"
     out = cli(stack, bogus, "status", code=2).output

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,17 +27,13 @@ import click
 import httpx
 
 from orchestrator.catalog import FAL_SIZE_PRESETS
+from orchestrator.cli import progress
+from orchestrator.cli.progress import JOB_STATES
 from orchestrator.contact_sheet import SheetEntry, make_contact_sheet
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-FINAL_STATES = frozenset({"succeeded", "partially_failed", "failed", "cancelled"})
-JOB_STATES = ("queued", "submitting", "submitted", "storing", "succeeded", "failed", "cancelled")
-DONE_JOB_STATES = ("succeeded", "failed", "cancelled")
 MAX_LISTED = 20
 WATCH_GRACE_SECONDS = 60.0  # how long --watch keeps polling through API errors before giving up
-BAR_WIDTH = 30
-LOG_GAP_SECONDS = 2.0  # without a TTY, print a changed progress line at most this often
-QUIET_SECONDS = 15.0  # ... and repeat an unchanged one this often
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp"}
 
 
@@ -371,39 +366,10 @@ def submit(api: Api, file: Path, idempotency_key: str | None, watch: bool, inter
 # --- watching -----------------------------------------------------------------------------------
 
 
-def progress_line(batch: dict[str, Any]) -> str:
-    """`[#####-----] 12/40  30%  succeeded 10, failed 2, running 5, queued 23`."""
-    counts: dict[str, int] = batch.get("counts") or {}
-    total = int(batch.get("total") or 0)
-    done = sum(counts.get(s, 0) for s in DONE_JOB_STATES)
-    filled = BAR_WIDTH * done // total if total else BAR_WIDTH
-    running = sum(counts.get(s, 0) for s in ("submitting", "submitted", "storing"))
-    parts = [(s, counts.get(s, 0)) for s in DONE_JOB_STATES]
-    parts += [("running", running), ("queued", counts.get("queued", 0))]
-    detail = ", ".join(f"{name} {n}" for name, n in parts if n)
-    percent = 100 * done // total if total else 100
-    return f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {done}/{total} {percent:3d}%  {detail}"
-
-
 def follow(api: Api, batch_id: str, interval: float) -> dict[str, Any]:
-    """Poll the batch until it is final, drawing progress; returns the final batch."""
-    tty = sys.stdout.isatty()
-    last, last_at = "", None
+    """Poll the batch until it is final, drawing progress (orchestrator.cli.progress); returns it."""
     try:
-        while True:
-            batch = poll(api, batch_id, interval)
-            line, final = progress_line(batch), batch.get("state") in FINAL_STATES
-            if tty:  # redraw in place
-                click.echo("\r" + line.ljust(len(last)), nl=False)
-                last = line
-            elif log_worthy(line, last, last_at, final):
-                click.echo(line)
-                last, last_at = line, time.monotonic()
-            if final:
-                if tty:
-                    click.echo()
-                return batch
-            time.sleep(interval)
+        return progress.watch_batch(lambda: poll(api, batch_id, interval), interval)
     except KeyboardInterrupt:
         click.echo(f"\nstopped watching; the batch carries on (orchestrator status {batch_id})", err=True)
         raise SystemExit(130) from None
@@ -424,16 +390,6 @@ def poll(api: Api, batch_id: str, interval: float) -> dict[str, Any]:
             attempt += 1
             click.echo(f"\n(retrying: {exc.message.splitlines()[0]})", err=True)
             time.sleep(max(interval, 1.0))
-
-
-def log_worthy(line: str, last: str, last_at: float | None, final: bool) -> bool:
-    """Whether to print this progress line when stdout is not a terminal."""
-    # First and final lines always; changes at most every few seconds; a heartbeat when nothing
-    # moves: piped output (CI logs) stays short yet shows the watch is alive.
-    if last_at is None or (final and line != last):
-        return True
-    quiet = time.monotonic() - last_at
-    return (line != last and quiet >= LOG_GAP_SECONDS) or quiet >= QUIET_SECONDS
 
 
 def finish(batch: dict[str, Any]) -> None:
@@ -477,33 +433,23 @@ def catalog_line(summary: dict[str, Any]) -> str:
     return ", ".join(f"{k} {summary.get(k, 0)}" for k in ("read", "new", "changed", "unchanged", "removed", "failed"))
 
 
-def show_table(batches: list[dict[str, Any]]) -> None:
-    """Recent batches as a fixed-width table."""
-    if not batches:
-        click.echo("no batches yet")
-        return
-    click.echo(f"{'ID':<36}  {'STATE':<16}  {'DONE':>11}  {'FAILED':>6}  {'COST':>9}  {'CREATED':<32}  NAME")
-    for b in batches:
-        counts = b.get("counts") or {}
-        done = sum(counts.get(s, 0) for s in DONE_JOB_STATES)
-        created = str(b.get("created_at") or "")
-        progress = f"{done}/{b.get('total', 0)}"
-        click.echo(f"{b.get('id', ''):<36}  {b.get('state', ''):<16}  {progress:>11}  "
-                   f"{counts.get('failed', 0):>6}  {b.get('cost') or 0:>9.4f}  {created:<32}  {b.get('name') or ''}")
-
-
 @click.command("status")
 @click.argument("batch_id", required=False)
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="batches to list")
 @click.option("--state", "states", multiple=True, help="only batches in this state; repeatable")
 @click.option("--schedule", "schedule_id", default=None, help="only batches this schedule created")
 @click.option("--json", "as_json", is_flag=True, help="print the API's JSON")
+@click.option("--watch", is_flag=True, help="keep it current until done: a progress bar for one batch, a live table")
+@click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
+              help="seconds between polls with --watch")
 @api_options
 def status(api: Api, batch_id: str | None, limit: int, states: tuple[str, ...], schedule_id: str | None,
-           as_json: bool) -> None:
+           as_json: bool, watch: bool, interval: float) -> None:
     """Show one batch, or without BATCH_ID a table of recent batches."""
+    if watch and as_json:
+        raise click.UsageError("--watch and --json do not go together")
     if batch_id:
-        batch = api.json("GET", f"/v1/batches/{batch_id}")
+        batch = follow(api, batch_id, interval) if watch else api.json("GET", f"/v1/batches/{batch_id}")
         if as_json:
             click.echo(json.dumps(batch, indent=2))
         else:
@@ -514,11 +460,17 @@ def status(api: Api, batch_id: str | None, limit: int, states: tuple[str, ...], 
         params["state"] = ",".join(states)
     if schedule_id:
         params["schedule_id"] = schedule_id
+    if watch:
+        try:
+            progress.watch_batches(lambda: api.json("GET", "/v1/batches", params=params).get("data") or [], interval)
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+        return
     page = api.json("GET", "/v1/batches", params=params)
     if as_json:
         click.echo(json.dumps(page, indent=2))
     else:
-        show_table(page.get("data") or [])
+        progress.show_batches(page.get("data") or [])
 
 
 # --- results --------------------------------------------------------------------------------------
