@@ -149,7 +149,7 @@ def workload(p: Params, rng: random.Random) -> list[dict[str, Any]]:
             forced = {7: EXPIRING[0], 32: EXPIRING[1]}.get(n % 50)
             model, images, _ = forced or rng.choices(choices, weights)[0]
             items.append({"custom_id": f"j{n}", "model": model, "prompt": f"chaos {n}", "width": 128, "height": 128,
-                          "num_images": images, "seed": n})
+                          "num_images": images, "seed": n + 1})
             n += 1
         bodies.append({"name": f"chaos-{b}", "lane": "bulk" if b % 2 else "interactive", "items": items,
                        "unknown_outcome": "resubmit" if b % 2 else "wait"})

@@ -298,8 +298,10 @@ def _numbers(spec: ModelSpec, params: Mapping[str, Any], problems: list[tuple[st
             out[name] = value
     seed = params.get("seed")
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            problems.append(("seed", f"must be an integer between 0 and {MAX_SEED}"))
+        # Runware's seeds start at 1 (providers/runware.md): 0 would be refused only at submit.
+        low = 1 if spec.provider == "runware" else 0
+        if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= MAX_SEED:
+            problems.append(("seed", f"must be an integer between {low} and {MAX_SEED}"))
         else:
             out["seed"] = seed
     return out

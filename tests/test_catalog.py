@@ -103,3 +103,12 @@ def test_unknown_model_suggests_the_closest_names_not_the_whole_list() -> None:
     assert "did you mean runware:100@1" in c.unknown_model("runware:100")
     assert "did you mean fal-ai/flux-lora?" in c.unknown_model("lora")  # a word of the name
     assert c.unknown_model("dalle") == "unknown model 'dalle'; GET /v1/models lists the models and aliases"
+
+
+def test_runware_seeds_start_at_one_fal_accepts_zero() -> None:
+    # Found by the chaos run: seed 0 passed intake and Runware refused it at submit (invalidSeed).
+    with pytest.raises(c.CatalogError) as err:
+        c.normalize(c.MODELS["runware:100@1"], {"prompt": "a red fox", "seed": 0})
+    assert err.value.problems == [("seed", f"must be an integer between 1 and {c.MAX_SEED}")]
+    assert c.normalize(c.MODELS["runware:100@1"], {"prompt": "a red fox", "seed": 1})["seed"] == 1
+    assert c.normalize(c.MODELS["fal-ai/flux/schnell"], {"prompt": "p", "seed": 0})["seed"] == 0
