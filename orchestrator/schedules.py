@@ -38,7 +38,9 @@ from orchestrator.storage.base import Storage
 class ScheduleIn(BaseModel):
     """POST /v1/schedules (PATCH takes any subset)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "nightly foxes", "cron": "0 2 * * *", "timezone": "Europe/Berlin",
+         "template": {"items": [{"custom_id": "fox", "model": "flux-schnell", "prompt": "a red fox"}]}}]})
     name: str = Field(min_length=1, max_length=200)
     cron: str = Field(min_length=1, max_length=120, description="five-field cron expression")
     timezone: str = "UTC"

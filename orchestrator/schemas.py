@@ -5,7 +5,17 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, UrlConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    UrlConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 Scalar = str | int | float | bool | None
 
@@ -107,7 +117,12 @@ class Catalog(CommonParams):
 class BatchRequest(BaseModel):
     """POST /v1/batches: exactly one of items, matrix or catalog."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "fox mood board", "items": [{"custom_id": "fox-1", "model": "flux-schnell",
+                                              "prompt": "a red fox in fresh snow"}]},
+        {"name": "fox variants", "lane": "bulk", "matrix": {"model": "flux-schnell", "prompts": ["a red fox"],
+                                                           "variants": 2, "sizes": ["square", "landscape_4_3"]}},
+    ]})
     name: str = Field(default="", max_length=200)
     lane: Literal["interactive", "bulk"] = "interactive"
     callback_url: Annotated[HttpUrl, UrlConstraints(max_length=2000)] | None = Field(
@@ -403,27 +418,41 @@ class Problem(BaseModel):
 
 # ---- query and header parameters (validated by orchestrator.api.spec, documented from here) ----
 
-def _states(enum_values: list[str]) -> Any:
-    return Field(default_factory=list, json_schema_extra={"items": {"type": "string", "enum": enum_values}},
-                 description="only these states; repeat the parameter or separate with commas")
+def _state_param(values: tuple[str, ...]) -> Any:
+    """One `state` query value: a state, or several separated by commas."""
+    one = "|".join(values)
+
+    def check(value: str) -> str:
+        for part in value.split(","):
+            if part not in values:
+                raise ValueError(f"unknown state {part!r}; use one of {', '.join(values)}")
+        return value
+
+    return Annotated[str, AfterValidator(check), WithJsonSchema({"type": "string", "pattern": f"^({one})(,({one}))*$"})]
+
+
+BatchStateParam = _state_param(("queued", "running", "succeeded", "partially_failed", "failed", "cancelled"))
+JobStateParam = _state_param(("queued", "submitting", "submitted", "storing", "succeeded", "failed", "cancelled"))
+STATE_HELP = "only these states; repeat the parameter or separate with commas"
 
 
 class _PageQuery(BaseModel):
-    cursor: str | None = Field(default=None, max_length=500, description="next_cursor of the previous page")
+    cursor: str | None = Field(default=None, min_length=1, max_length=200,
+                               description="next_cursor of the previous page")
     limit: int = Field(default=100, ge=1, le=500, description="page size")
 
 
 class BatchListQuery(_PageQuery):
     """GET /v1/batches query."""
 
-    state: list[str] = _states(["queued", "running", "succeeded", "partially_failed", "failed", "cancelled"])
+    state: list[BatchStateParam] = Field(default_factory=list, max_length=20, description=STATE_HELP)
     schedule_id: uuid.UUID | None = Field(default=None, description="only batches this schedule created")
 
 
 class JobListQuery(_PageQuery):
     """GET /v1/batches/<id>/jobs query."""
 
-    state: list[str] = _states(["queued", "submitting", "submitted", "storing", "succeeded", "failed", "cancelled"])
+    state: list[JobStateParam] = Field(default_factory=list, max_length=20, description=STATE_HELP)
 
 
 class BatchOptions(BaseModel):

@@ -28,7 +28,8 @@ How to declare a route (instead of `@bp.get(...)` + `@require_key()`)::
   integer, anything else as a string.
 - Problem responses (`application/problem+json`, schema `Problem`) are added for you: 401 with
   auth, 403 with auth="admin", 404 with path parameters, 400 with query or header parameters,
-  400/413/415/422 with a body. Declare any other status the view raises in `problems`.
+  400/413/415/422 with a body, and 414/431 everywhere (the HTTP server's limits). Declare any
+  other status the view raises in `problems`.
 - A view returns the pydantic model declared for its status (optionally `(model, status)` or
   `(model, status, headers)`); returning another model is a programming error (TypeError). For
   non-JSON answers (streams, 204) return a flask Response and declare it with Content or None.
@@ -55,7 +56,8 @@ PROBLEM_JSON = "application/problem+json"
 F = TypeVar("F", bound=Callable[..., Any])
 _RULE_PARAM = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-           409: "Conflict", 413: "Payload too large", 415: "Unsupported media type", 422: "Unprocessable content",
+           409: "Conflict", 413: "Payload too large", 414: "URI too long", 415: "Unsupported media type",
+           422: "Unprocessable content", 431: "Request header fields too large",
            503: "Unavailable"}
 
 
@@ -69,8 +71,8 @@ class InvalidParameters(DomainError):
     def __init__(self, where: str, problems: Iterable[tuple[tuple[Any, ...], str]]):
         errors = [{"position": None, "custom_id": None, "field": ".".join([where, *(str(p) for p in loc)]),
                    "message": message} for loc, message in problems]
-        names = ", ".join(e["field"] for e in errors)
-        super().__init__(f"invalid {names}", errors=errors, error_count=len(errors))
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        super().__init__(f"invalid {summary}", errors=errors, error_count=len(errors))
 
 
 class UnsupportedMediaType(DomainError):
@@ -133,7 +135,8 @@ class Operation:
 
     def problem_statuses(self, has_path_params: bool) -> list[int]:
         """Problem statuses this operation can answer."""
-        statuses = set(self.problems)
+        # The HTTP server refuses a request line or header fields over 8 KiB before any view runs.
+        statuses = {*self.problems, 414, 431}
         if self.auth:
             statuses.add(401)
         if self.auth == "admin":

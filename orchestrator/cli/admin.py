@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from orchestrator.settings import Settings, get_settings
@@ -161,6 +163,28 @@ def _kick_dispatch(settings: Settings, task: str) -> None:
     publisher.close()
 
 
+REQUEST_LINE_LIMIT = 8190  # gunicorn's maximum; /v1/openapi.json declares the 414 beyond it
+
+
+def problem_documents_from_gunicorn() -> None:
+    """gunicorn answers requests it cannot parse (request line or headers too long, bad syntax)
+    itself, with an HTML page; make those answers problem documents like every other error."""
+    import json
+
+    from gunicorn import util
+
+    from orchestrator.redact import redact_text
+
+    def write_error(sock: Any, status: int, reason: str, mesg: str) -> None:
+        body = json.dumps({"type": "https://orchestrator.dev/problems/" + reason.lower().replace(" ", "-"),
+                           "title": reason, "status": status, "detail": redact_text(mesg)[:300]}).encode()
+        head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+        util.write_nonblock(sock, head + body)
+
+    util.write_error = write_error
+
+
 @click.command("api")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -171,11 +195,13 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     _settings()
+    problem_documents_from_gunicorn()
 
     class App(BaseApplication):
         def load_config(self) -> None:
             for key, value in {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
                                "worker_class": "gthread", "accesslog": None, "timeout": 60,
+                               "limit_request_line": REQUEST_LINE_LIMIT,
                                # one shared ~/.gunicorn socket would clash between API processes on a host
                                "control_socket_disable": True}.items():
                 self.cfg.set(key, value)
