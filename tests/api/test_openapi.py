@@ -46,7 +46,10 @@ def test_every_operation_declares_its_path_query_and_header_parameters(doc: dict
     params = {(p["in"], p["name"]): p for p in doc["paths"]["/v1/batches"]["get"]["parameters"]}
     assert set(params) == {("query", "state"), ("query", "cursor"), ("query", "limit"), ("query", "schedule_id")}
     assert params[("query", "limit")]["schema"] == {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}
-    assert "failed" in params[("query", "state")]["schema"]["items"]["enum"]
+    state = params[("query", "state")]
+    assert state["schema"]["maxItems"] == 20 and state["style"] == "form" and state["explode"] is True
+    assert re.fullmatch(state["schema"]["items"]["pattern"], "queued,failed")
+    assert not re.fullmatch(state["schema"]["items"]["pattern"], "bogus")
     jobs = {p["name"] for p in doc["paths"]["/v1/batches/{batch_id}/jobs"]["get"]["parameters"]}
     assert jobs == {"batch_id", "state", "cursor", "limit"}
     post = {(p["in"], p["name"]) for p in doc["paths"]["/v1/batches"]["post"]["parameters"]}
