@@ -77,7 +77,7 @@ def delete(schedule_id: uuid.UUID) -> tuple[str, int]:
 
 
 @operation(bp, "POST", "/<uuid:schedule_id>/run", "Run a schedule now",
-           responses={201: BatchOut, 202: ScheduleOut})
+           responses={201: BatchOut, 202: ScheduleOut}, problems=(422,))
 def run_now(schedule_id: uuid.UUID) -> tuple[BatchOut | ScheduleOut, int]:
     """Run the schedule's template now, outside its cron slots.
 
