@@ -363,10 +363,15 @@ def _decode_cursor(cursor: str) -> list[Any]:
         raise InvalidQuery("the cursor is not one this API issued") from None
 
 
-def batch_out(batch: Batch) -> BatchOut:
-    """The public form of a batch (the model the API returns and documents)."""
+def batch_out(batch: Batch, held: int | None = None) -> BatchOut:
+    """The public form of a batch (the model the API returns and documents).
+
+    `held` is its count of jobs held by a budget cap; looked up when not given (lists pass it in,
+    from one budget.held_counts query for the page).
+    """
     session = object_session(batch)
-    held = budget.held_counts(session, [batch.id]).get(batch.id, 0) if session and batch.count_queued else 0
+    if held is None:
+        held = budget.held_counts(session, [batch.id]).get(batch.id, 0) if session and batch.count_queued else 0
     return BatchOut(
         id=str(batch.id), name=batch.name, lane=batch.lane, state=batch.state.value,
         total=batch.total, counts=batch.counts(), cost=float(batch.cost or 0),

@@ -159,6 +159,7 @@ def test_dispatch_holds_what_does_not_fit_and_resumes_when_raised(
     assert len(claim_all(session, settings)) == 3  # 3 x $0.003 = the cap exactly
     view = client.get(f"/v1/batches/{batch['id']}", headers=headers).json
     assert view["held_by_budget"] == 2 and view["counts"]["queued"] == 2
+    assert client.get("/v1/batches", headers=headers).json["data"][0]["held_by_budget"] == 2
     held = session.scalars(sa.select(Job).where(Job.state == JobState.queued)).all()
     assert {j.hold_reason for j in held} == {"budget"}
     events = session.scalars(sa.select(JobEvent).where(JobEvent.kind == "held")).all()

@@ -173,7 +173,8 @@ def list_batches(query: BatchListQuery) -> BatchPage:
     """This tenant's batches, newest first."""
     rows, nxt = batches.list_batches(db(), g.tenant, states=_split(query.state), cursor=query.cursor,
                                      limit=query.limit, filters=batches.BatchFilter(schedule_id=query.schedule_id))
-    return BatchPage(data=[batches.batch_out(b) for b in rows], next_cursor=nxt)
+    held = budget.held_counts(db(), [b.id for b in rows if b.count_queued])
+    return BatchPage(data=[batches.batch_out(b, held.get(b.id, 0)) for b in rows], next_cursor=nxt)
 
 
 @operation(bp, "GET", "/batches/<uuid:batch_id>", "Get a batch", responses={200: BatchOut})
