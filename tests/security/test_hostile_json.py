@@ -129,3 +129,35 @@ def test_provider_callback_with_hostile_json_is_stored_not_a_5xx(http: httpx.Cli
         resp = http.post(f"/webhooks/runware/{job_id}/0", params={"token": token}, content=body,
                          headers={"Content-Type": "application/json"})
         assert resp.status_code < 500, resp.text[:300]
+
+
+HOSTILE_BODIES = {"nul": '{"name": "a\\u0000b"}', "surrogate": '{"name": "\\ud800"}',
+                  "deep": '{"name": %s}' % DEEP, "huge-integer": '{"name": %s}' % BIG, "nan": '{"name": NaN}'}
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE_BODIES))
+def test_every_json_body_operation_refuses_hostile_json(http: httpx.Client, sessions: sessionmaker[Session],
+                                                        hostile: str) -> None:
+    """Every operation of the document that takes a JSON body, including ones added later."""
+    from tests.conftest import make_key
+
+    doc = http.get("/v1/openapi.json").json()
+    batch = http.post("/v1/batches", content='{"items": [%s]}' % GOOD, headers={"Content-Type": "application/json"})
+    sched = http.post("/v1/schedules", json={"name": "s", "cron": "0 2 * * *",
+                                             "template": {"items": [json.loads(GOOD)]}})
+    with sessions() as s:
+        job_id = str(s.scalars(sa.select(Job.id)).first())
+    ids = {"batch_id": batch.json()["id"], "schedule_id": sched.json()["id"], "job_id": job_id}
+    admin = {"Authorization": f"Bearer {make_key(sessions, 'acme', role='admin')}"}
+    tried = 0
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            if "application/json" not in op.get("requestBody", {}).get("content", {}):
+                continue
+            url = path.format(**ids)
+            headers = {"Content-Type": "application/json", **(admin if "403" in op["responses"] else {})}
+            resp = http.request(method.upper(), url, content=HOSTILE_BODIES[hostile], headers=headers)
+            assert resp.status_code in (400, 422), (method, path, resp.status_code, resp.text[:300])
+            assert resp.headers["content-type"].startswith("application/problem+json")
+            tried += 1
+    assert tried >= 5
