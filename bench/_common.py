@@ -186,13 +186,16 @@ def http_ok(url: str) -> bool:
         return False
 
 
+SECRET_KEY = "bench-secret-key-0123456789"
+
+
 def orchestrator_env(db_url: str, redis_url: str, tmp: Path, api_url: str, extra: dict[str, str]) -> dict[str, str]:
     """Environment for API and worker processes: this process's, minus ORCH_*, plus the bench's."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     return {
         **base, "ORCH_DATABASE_URL": db_url, "ORCH_BROKER_URL": redis_url, "ORCH_DATA_DIR": str(tmp / "data"),
         "ORCH_STORAGE_URL": (tmp / "storage").as_uri(), "ORCH_PUBLIC_URL": api_url, "ORCH_API_URL": api_url,
-        "ORCH_SECRET_KEY": "bench-secret-key-0123456789", "FAL_KEY": FAL_DEV_KEY, "RUNWARE_API_KEY": RUNWARE_DEV_KEY,
+        "ORCH_SECRET_KEY": SECRET_KEY, "FAL_KEY": FAL_DEV_KEY, "RUNWARE_API_KEY": RUNWARE_DEV_KEY,
         **extra,
     }
 

@@ -57,7 +57,7 @@ TENANT = "bench"
 # app's INSERT fills from the model's Python-side defaults (provider_meta), so the rows are equal.
 JOB_COLUMNS = ("id", "batch_id", "tenant", "position", "custom_id", "lane", "requested_model", "provider",
                "model", "params", "num_images", "state", "attempt", "retries", "next_attempt_at",
-               "callback_token", "created_at", "updated_at", "provider_meta")
+               "created_at", "updated_at", "provider_meta")
 Row = tuple[Any, ...]
 
 

@@ -27,7 +27,6 @@ import base64
 import hashlib
 import json
 import os
-import secrets
 import statistics
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from orchestrator.callbacks import attempt_token
 from orchestrator.db import make_engine, new_id, utcnow
 from orchestrator.models import Batch, BatchState, Delivery, Job, JobState
 from orchestrator.netutil import free_port
@@ -147,10 +147,11 @@ def insert_jobs(db_url: str, n: int, tag: str) -> list[Target]:
     """One batch of `n` jobs in `submitted` (attempt 1), as dispatch leaves them."""
     now, batch_id = utcnow(), new_id()
     params = {"prompt": "p", "width": 512, "height": 512, "steps": 4, "num_images": 1, "output_format": "jpeg"}
-    targets = [Target(new_id(), secrets.token_urlsafe(24), str(uuid.uuid4())) for _ in range(n)]
+    ids = [new_id() for _ in range(n)]
+    targets = [Target(i, attempt_token(common.SECRET_KEY, i, 1), str(uuid.uuid4())) for i in ids]
     rows = [{"id": t.job_id, "batch_id": batch_id, "tenant": "bench", "position": i, "custom_id": f"{tag}-{i}",
              "requested_model": MODEL, "provider": "fal", "model": MODEL, "params": params, "state": JobState.submitted,
-             "attempt": 1, "next_attempt_at": now, "provider_request_id": t.request_id, "callback_token": t.token,
+             "attempt": 1, "next_attempt_at": now, "provider_request_id": t.request_id,
              "submitted_at": now} for i, t in enumerate(targets)]
     engine = make_engine(db_url)
     with engine.begin() as conn:

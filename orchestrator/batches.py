@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -120,7 +119,7 @@ def job_rows(batch: Batch, plan: Plan, now: datetime, extras: Extras | None = No
                "custom_id": j.custom_id, "lane": batch.lane, "requested_model": j.requested_model,
                "provider": j.provider, "model": j.model, "params": j.params, "num_images": j.num_images,
                "state": JobState.queued, "attempt": 0, "retries": 0, "next_attempt_at": now,
-               "callback_token": secrets.token_urlsafe(24), "created_at": now, "updated_at": now,
+               "created_at": now, "updated_at": now,
                "estimated_cost": costs.get(j.position) if costs else None}
         if refs:
             row["catalog_ref"] = refs.get(j.position)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -25,7 +24,7 @@ def make_batch(session: Session, states: list[JobState], *, tenant: str = "acme"
                   requested_model=model, provider=provider, model=model,
                   params={"prompt": f"prompt {i}", "width": 1024, "height": 768, "steps": 4, "num_images": 1,
                           "output_format": "jpeg"},
-                  state=s, next_attempt_at=utcnow(), callback_token=secrets.token_urlsafe(24), **job_fields)
+                  state=s, next_attempt_at=utcnow(), **job_fields)
         session.add(job)
         jobs.append(job)
     session.flush()

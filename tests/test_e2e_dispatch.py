@@ -116,9 +116,11 @@ def test_timed_out_submit_is_not_resent_and_early_callback_finds_its_job(
     assert len(stack.fal.ledger.submissions) == 1  # never resent blindly
     with sessions() as s:
         events = {e.kind: e for e in s.scalars(sa.select(JobEvent).order_by(JobEvent.id))}
-    # The submit never got its answer (no request id was ever recorded), yet the callback URL alone
-    # found the job and attempt, and moved it on from `submitting`.
-    assert events["result_received"].from_state == "submitting"
+    # The submit never got its answer (no request id was recorded): the callback URL found the job
+    # and attempt, the delivery was held, and its signed request id was adopted only once fal
+    # confirmed it knows that request under our key.
+    assert events["submitted"].from_state == "submitting" and events["submitted"].detail["adopted"]
+    assert events["submit_outcome_unknown"].attempt == events["submitted"].attempt
     assert "retry_scheduled" not in events and "stored" in events
 
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
+from orchestrator.callbacks import attempt_token
 from orchestrator.models import Asset, Delivery, JobEvent
 from orchestrator.sandbox.faults import Faults
 from tests.conftest import StackFactory, make_key
@@ -96,7 +97,7 @@ def test_tampered_body_wrong_token_and_unknown_job(make_stack: StackFactory, ses
 
         job = s.get(Job, fal.job_id)
         assert job is not None
-        token = job.callback_token
+        token = attempt_token(stack.settings().resolved_secret_key(), job.id, fal.attempt)
     headers = dict(fal.headers)
     tampered = fal.body.replace(b'"OK"', b'"ERROR"')
     replay = httpx.post(f"{job_url}?token={token}", content=tampered, headers=headers)
@@ -128,7 +129,8 @@ def test_late_failure_after_success_changes_nothing(make_stack: StackFactory, se
 
         row = s.get(Job, __import__("uuid").UUID(job["id"]))
         assert row is not None
-        url = f"{stack.api_url}/webhooks/runware/{row.id}/{row.attempt}?token={row.callback_token}"
+        token = attempt_token(stack.settings().resolved_secret_key(), row.id, row.attempt)
+        url = f"{stack.api_url}/webhooks/runware/{row.id}/{row.attempt}?token={token}"
         task = row.task_id
     late = {"errors": [{"code": "timeoutProvider", "message": "late", "taskUUID": task, "status": "error"}]}
     assert httpx.post(url, json=late).status_code == 200

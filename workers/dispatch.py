@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from celery import shared_task
 
 from orchestrator import catalog, metrics, queue, state
+from orchestrator.binding import held_deliveries
 from orchestrator.callbacks import callback_url
 from orchestrator.db import utcnow
 from orchestrator.log import bound
@@ -74,6 +75,9 @@ def submit(c: Context, job_id: uuid.UUID, attempt: int) -> str:
         # sweep can later ask Runware about this exact attempt.
         job.submit_started_at = utcnow()
         job.task_id = str(uuid.uuid4())
+        # The job row holds the current attempt's request id only (earlier ones are on the
+        # timeline), so a callback for this attempt is never matched against the last one's.
+        job.provider_request_id = None
         request, provider = build_request(c, job), job.provider
     with bound(job_id=job_id, attempt=attempt):
         try:
@@ -95,7 +99,7 @@ def count_call(c: Context, provider: str, outcome: str, code: object) -> None:
 def build_request(c: Context, job: Job) -> SubmitRequest:
     """The provider request for a job's current attempt."""
     spec = catalog.MODELS[job.model]
-    url = callback_url(c.settings.public_url, job.provider, job.id, job.attempt, job.callback_token or "")
+    url = callback_url(c.settings.public_url, job.provider, job.id, job.attempt, c.settings.resolved_secret_key())
     lane: Lane = "bulk" if job.lane == "bulk" else "interactive"
     return SubmitRequest(model=job.model, payload=catalog.to_native(spec, job.params), webhook_url=url,
                          lane=lane, task_id=job.task_id or str(uuid.uuid4()))
@@ -105,20 +109,33 @@ def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submit
     """Save the provider's request id; the callback may already have moved the job on."""
     now = utcnow()
     with c.session() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        admission.record_success(session, job.provider)
+        provider = session.scalar(sa.select(Job.provider).where(Job.id == job_id))
+        assert provider is not None
+        admission.record_success(session, provider)
+        # The job's row lock orders this with workers.webhooks.process, which judges deliveries
+        # under the same lock: a delivery is either seen held here or sees the id there.
+        job = session.execute(sa.select(Job).where(Job.id == job_id).with_for_update()
+                              .execution_options(populate_existing=True)).scalar_one()
+        # Deliveries that arrived before this answer were held; now they can be matched.
+        for delivery_id in held_deliveries(session, job_id, attempt):
+            c.publisher.after_commit(session, queue.PROCESS_DELIVERY, str(delivery_id))
         values = {"provider_request_id": answer.request_id, "provider_meta": answer.meta, "submitted_at": now}
-        moved = state.transition(session, job_id, JobState.submitted, kind="submitted", expect=[JobState.submitting],
-                                 values=values, detail={"request_id": answer.request_id, "provider": job.provider})
-        if moved.applied:
-            return "submitted"
-        # The job moved on while we waited (an early callback, or a cancel): keep the id for audits.
+        if job.attempt == attempt:
+            moved = state.transition(session, job_id, JobState.submitted, kind="submitted",
+                                     expect=[JobState.submitting], values=values,
+                                     detail={"request_id": answer.request_id, "provider": provider})
+            if moved.applied:
+                return "submitted"
+        else:
+            moved = state.Transition(False, job.state)
+        # The job moved on while we waited (a cancel, or a later attempt): keep the id for audits
+        # and for matching this attempt's callbacks.
         session.execute(sa.update(Job).where(Job.id == job_id, Job.attempt == attempt,
                                              Job.provider_request_id.is_(None)).values(**values))
-        state.record(session, job_id, "submitted", attempt, request_id=answer.request_id, late=True)
+        state.record(session, job_id, "submitted", attempt, request_id=answer.request_id, provider=provider,
+                     late=True)
         session.refresh(job)
-        if moved.from_state is JobState.cancelled:
+        if job.attempt == attempt and moved.from_state is JobState.cancelled:
             c.publisher.after_commit(session, queue.CANCEL_AT_PROVIDER, str(job_id))
         elif job.provider_request_id not in (None, answer.request_id) or job.attempt != attempt:
             # The job took another attempt's result (or moved to a new attempt) while this one was
@@ -151,7 +168,11 @@ def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderErro
         if exc.code in UNKNOWN_OUTCOME:
             # The request may have been received: never resend blindly. The callback, or the
             # sweep's check with the provider, settles this attempt.
+            # (The job's row is locked above, as in submit_succeeded, so no held delivery is missed.)
             state.record(session, job_id, "submit_outcome_unknown", attempt, **detail)
+            # A callback held for this attempt may now be checked with the provider (workers.webhooks).
+            for delivery_id in held_deliveries(session, job_id, attempt):
+                c.publisher.after_commit(session, queue.PROCESS_DELIVERY, str(delivery_id))
             return "unknown"
         opened = admission.record_failure(session, c.settings, job.provider, now)
         return retry_or_fail(c, session, job, exc, detail, breaker_open=opened,

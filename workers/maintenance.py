@@ -15,8 +15,9 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from celery import shared_task
+from sqlalchemy.orm import Session
 
-from orchestrator import catalog_runs, metrics, queue, schedules, state
+from orchestrator import binding, catalog_runs, metrics, queue, schedules, state
 from orchestrator.db import as_utc, upsert_insert, utcnow
 from orchestrator.models import Batch, Delivery, Heartbeat, Job, JobState
 from orchestrator.providers._http import DEFAULT_TIMEOUT
@@ -113,6 +114,16 @@ def _settle_unknown(c: Context, now: datetime) -> int:
     not_found_before = now - timedelta(seconds=max(s.claim_stale_seconds, SUBMIT_IN_FLIGHT_SECONDS))
     settled = sum(settle_runware(c, job_id, not_found_before) not in ("skipped", "poll failed", "waiting")
                   for job_id in runware)
+    # A fal callback held because its attempt's submit answer never came (worker lost, connection cut):
+    # have it checked with fal, which may let its signed request id be adopted (workers.webhooks).
+    # (An earlier attempt's held callback too: that attempt will never learn its id otherwise.)
+    stale_intent = sa.and_(Job.state == JobState.submitting, Job.submit_started_at.is_not(None),
+                           Job.submit_started_at < now - timedelta(seconds=s.claim_stale_seconds))
+    for delivery_id in _ids(c, sa.select(Delivery.id).join(Job, Job.id == Delivery.job_id).where(
+            Delivery.provider == "fal", Delivery.processed_at.is_(None), Delivery.outcome == binding.HELD,
+            Job.state.in_(state.ACTIVE), sa.or_(Delivery.attempt < Job.attempt, Job.state == JobState.queued,
+                                                sa.and_(Delivery.attempt == Job.attempt, stale_intent)))):
+        c.publisher.send(queue.PROCESS_DELIVERY, str(delivery_id))
     # fal has no way to look a request up without its id: wait for the attempt's callback, then
     # resubmit as a new attempt as the batch's policy allows (see _resubmit_unknown_fal).
     window = min(s.callback_timeout_seconds, s.unknown_outcome_window_seconds)
@@ -142,6 +153,8 @@ def _resubmit_unknown_fal(c: Context, job_id: uuid.UUID, now: datetime) -> bool:
         wait = s.unknown_outcome_window_seconds if policy == "wait" else s.callback_timeout_seconds
         if as_utc(job.submit_started_at) >= now - timedelta(seconds=wait):
             return False
+        if _held(session, job) and as_utc(job.submit_started_at) >= now - 2 * timedelta(seconds=wait):
+            return False  # its callback came and is being checked with fal: give that a chance
         # A resubmission after an unknown outcome may pay twice: its own timeline kind, with the
         # policy that allowed it, and a counter in /metrics, so audits count it apart from true duplicates.
         moved = requeue(c, session, job, f"submit outcome unknown, no callback within {wait:g}s", 0.0,
@@ -152,6 +165,13 @@ def _resubmit_unknown_fal(c: Context, job_id: uuid.UUID, now: datetime) -> bool:
             metrics.incr(session, "orchestrator_unknown_outcome_resubmits_total", provider=job.provider,
                          policy=policy)
         return moved == "requeued"
+
+
+def _held(session: Session, job: Job) -> bool:
+    """Whether a delivery for the job's current attempt is held, waiting for its request id."""
+    return session.scalar(sa.select(Delivery.id).where(
+        Delivery.job_id == job.id, Delivery.attempt == job.attempt, Delivery.processed_at.is_(None),
+        Delivery.outcome == binding.HELD).limit(1)) is not None
 
 
 def _poll_overdue(c: Context, now: datetime) -> int:
@@ -176,8 +196,13 @@ def _resume_storing(c: Context, before: datetime) -> int:
 
 
 def _replay_deliveries(c: Context, before: datetime) -> int:
+    # A held delivery (its attempt's request id unknown) is retried only once its job knows the
+    # id of that attempt; otherwise it waits for the submit answer to release it.
+    id_known = sa.exists().where(Job.id == Delivery.job_id, Job.attempt == Delivery.attempt,
+                                 Job.provider_request_id.is_not(None))
     ids = _ids(c, sa.select(Delivery.id).where(Delivery.verified.is_(True), Delivery.processed_at.is_(None),
-                                               Delivery.job_id.is_not(None), Delivery.received_at < before))
+                                               Delivery.job_id.is_not(None), Delivery.received_at < before,
+                                               sa.or_(Delivery.outcome.is_distinct_from(binding.HELD), id_known)))
     for delivery_id in ids:
         c.publisher.send(queue.PROCESS_DELIVERY, str(delivery_id))
     return len(ids)

@@ -3,7 +3,8 @@
 The request does no provider or storage I/O (the fal JWKS is cached for at most 24 h). A
 delivery is answered 2xx only after it is committed; if storing fails the provider gets a 5xx
 and retries. Duplicates hit a unique (provider, event_key) and are counted, not re-processed.
-Forged, stale and unmatched callbacks are recorded (without an event key) and refused.
+Forged, stale and unmatched callbacks are recorded (without an event key) and refused, and so
+is a delivery about another provider request than the attempt's (orchestrator.binding).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator import jsonbody, queue
+from orchestrator import binding, jsonbody, queue
 from orchestrator.api.context import db, services
 from orchestrator.api.problems import BASE, problem
 from orchestrator.callbacks import parse_target, token_matches
 from orchestrator.db import upsert_insert
 from orchestrator.log import bind
 from orchestrator.models import Delivery, Job
+from orchestrator.providers import runware_parse
 from orchestrator.providers.errors import TransientProviderError
 from orchestrator.providers.fal_signature import InvalidSignature, JwksCache
 from orchestrator.providers.registry import PROVIDERS
@@ -37,24 +39,36 @@ KEPT_HEADERS = ("content-type", "user-agent", "x-fal-webhook-request-id", "x-fal
 @bp.post("/<provider>/<job_id>/<attempt>")
 def receive(provider: str, job_id: str, attempt: str) -> Response | tuple[Response, int]:
     """Accept one provider callback."""
-    if provider not in PROVIDERS:
-        return problem(404, "Not found", f"no webhook endpoint for {provider!r}", BASE + "not-found")
     raw = request.get_data(cache=False)
     headers = {k: v for k, v in request.headers.items() if k.lower() in KEPT_HEADERS}
+    if provider not in PROVIDERS:
+        return _reject(provider, raw, headers, None, None, 404, "no webhook endpoint for this provider")
     target = parse_target(job_id, attempt)
     session = db()
     job = session.get(Job, target.job_id) if target else None
     if target is None or job is None:
         return _reject(provider, raw, headers, None, None, 404, "no such job")
     bind(job_id=job.id, batch_id=job.batch_id)
-    if not token_matches(job.callback_token, request.args.get("token")):
+    if not token_matches(services().settings.resolved_secret_key(), target, request.args.get("token")):
         return _reject(provider, raw, headers, job.id, target.attempt, 401, "wrong token")
     if provider == "fal":
         rejection = _check_fal(headers, raw)
         if rejection is not None:
             return rejection if isinstance(rejection, Response) else _reject(
-                provider, raw, headers, job.id, target.attempt, 401, rejection)
-    return _store(provider, raw, headers, job.id, target.attempt, _event_key(provider, raw, headers))
+                provider, raw, headers, job.id, target.attempt, 401, rejection, keep_body=True)
+    verdict = binding.judge(session, job, target.attempt, provider, raw, headers)
+    if verdict.decision == "refused":
+        return _reject(provider, raw, headers, job.id, target.attempt, 409, verdict.reason, keep_body=True)
+    key = _event_key(provider, job.id, target.attempt, verdict.claimed or "", raw)
+    return _store(provider, raw, headers, job.id, target.attempt, key, held=verdict.decision == "held")
+
+
+@bp.post("/<path:rest>")
+def unknown_path(rest: str) -> tuple[Response, int]:
+    """Any other callback path: refused, and kept in the inbox for the audit like every other callback."""
+    raw = request.get_data(cache=False)
+    headers = {k: v for k, v in request.headers.items() if k.lower() in KEPT_HEADERS}
+    return _reject(rest.split("/", 1)[0], raw, headers, None, None, 404, "no such webhook endpoint")
 
 
 def _check_fal(headers: dict[str, str], raw: bytes) -> str | Response | None:
@@ -78,18 +92,23 @@ def jwks(url: str) -> JwksCache:
     return JwksCache(url)
 
 
-def _event_key(provider: str, raw: bytes, headers: dict[str, str]) -> str:
-    """What identifies one provider event, so its retries are recorded once."""
-    body = _json(raw)
+def _event_key(provider: str, job_id: Any, attempt: int, request_id: str, raw: bytes) -> str:
+    """What identifies one provider event, so its retries are recorded once.
+
+    It names the job and attempt as well as the provider request, so a delivery stored for one
+    job or attempt can never make another's genuine delivery look like a duplicate.
+    """
+    key = f"{provider}:{job_id}:{attempt}:{request_id}"
     if provider == "fal":
-        rid = {k.lower(): v for k, v in headers.items()}.get("x-fal-webhook-request-id")
-        return f"fal:{(body or {}).get('request_id') or rid}"
-    items: list[Any] = []
-    if isinstance(body, dict):
-        items = body.get("data") or body.get("errors") or ([body.get("error")] if body.get("error") else [body])
-    parts = sorted(f"{i.get('taskUUID')}:{i.get('imageUUID') or 'error:' + str(i.get('code'))}"
-                   for i in items if isinstance(i, dict))
-    return "runware:" + ",".join(parts) if parts else "runware:sha256:" + hashlib.sha256(raw).hexdigest()
+        return key if len(key) <= 300 else key[:200] + ":sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    # Runware sends one POST per image, all with the same taskUUID: each image is its own event.
+    data, errors = runware_parse.split_body(_json(raw))
+    parts = sorted([str(i.get("imageUUID")) for i in data if i.get("imageUUID")]
+                   + [f"error:{i.get('code')}" for i in errors])
+    detail = ",".join(parts) if parts else "sha256:" + hashlib.sha256(raw).hexdigest()
+    if len(key) + len(detail) > 299:
+        detail = "sha256:" + hashlib.sha256(detail.encode()).hexdigest()
+    return f"{key}:{detail}"[:300]
 
 
 def _json(raw: bytes) -> Any:
@@ -100,10 +119,10 @@ def _json(raw: bytes) -> Any:
 
 
 def _store(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, attempt: int,
-           key: str) -> Response | tuple[Response, int]:
+           key: str, *, held: bool) -> Response | tuple[Response, int]:
     session = db()
     values = {"provider": provider, "event_key": key[:300], "job_id": job_id, "attempt": attempt, "verified": True,
-              "headers": headers, "body": raw}
+              "headers": headers, "body": raw, "outcome": binding.HELD if held else None}
     try:
         new_id = session.execute(upsert_insert(session, Delivery).values(**values).on_conflict_do_nothing()
                                  .returning(Delivery.id)).scalar_one_or_none()
@@ -111,29 +130,36 @@ def _store(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, atte
             session.execute(sa.update(Delivery).where(Delivery.provider == provider, Delivery.event_key == key[:300])
                             .values(duplicates=Delivery.duplicates + 1))
         else:
+            # A held delivery is queued too: the worker decides under the job's lock, so it cannot
+            # miss a submit answer that lands in between.
             services().publisher.after_commit(session, queue.PROCESS_DELIVERY, str(new_id))
         session.commit()
     except SQLAlchemyError:
         log.exception("could not store webhook delivery")
         session.rollback()
         return problem(503, "Not stored", "the delivery could not be stored; retry", BASE + "unavailable")
-    return jsonify({"status": "duplicate" if new_id is None else "accepted"}), 200
+    if new_id is None:
+        return jsonify({"status": "duplicate"}), 200
+    return (jsonify({"status": "held"}), 202) if held else (jsonify({"status": "accepted"}), 200)
 
 
 def _reject(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, attempt: int | None, status: int,
-            reason: str) -> tuple[Response, int]:
+            reason: str, *, keep_body: bool = False) -> tuple[Response, int]:
     session = db()
     # Callbacks with no valid job and token are unauthenticated: keep a digest and a short
     # prefix for the audit, not whatever body a stranger chose to send.
-    authenticated = status == 401 and reason.startswith(("bad signature", "signed for"))
-    body = raw[:65536] if authenticated else raw[:1024]
+    body = raw[:65536] if keep_body else raw[:1024]
     headers = {**headers, "x-body-sha256": hashlib.sha256(raw).hexdigest(), "x-body-bytes": str(len(raw))}
     try:
-        session.add(Delivery(provider=provider, job_id=job_id, attempt=attempt, verified=False, rejection=reason[:200],
-                             headers=headers, body=body))
+        session.add(Delivery(provider=provider[:16], job_id=job_id, attempt=attempt, verified=False,
+                             rejection=reason[:200], headers=headers, body=body))
         session.commit()
     except SQLAlchemyError:
         session.rollback()
-    current_app.logger.warning("webhook rejected", extra={"provider": provider, "reason": reason})
-    title = "Unauthorized" if status == 401 else "Not found"
-    return problem(status, title, reason, BASE + ("unauthorized" if status == 401 else "not-found")), status
+    current_app.logger.warning("webhook rejected", extra={"provider": provider[:16], "reason": reason})
+    title, kind = _REFUSALS[status]
+    return problem(status, title, reason, BASE + kind), status
+
+
+_REFUSALS = {401: ("Unauthorized", "unauthorized"), 404: ("Not found", "not-found"),
+             409: ("Not this attempt's delivery", "conflict")}

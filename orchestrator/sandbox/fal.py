@@ -131,6 +131,8 @@ class FalSandbox(BaseSandbox):
         self._record_submit(endpoint, key, payload, fal_request, outcome="accepted", http_status=200, **lost)
         if hanging:
             await self.lose_answer(request, faults)
+        if faults.submit_answer_delay_seconds > 0:
+            await asyncio.sleep(faults.submit_answer_delay_seconds)
         body = {
             **self._urls(fal_request),
             "status": IN_QUEUE,

@@ -43,6 +43,8 @@ class Faults:
     submit_timeout_rate: float = 0.0  # hold the submit, then drop the connection without an answer
     submit_timeout_seconds: float = 30.0
     submit_timeout_accepts: bool = False  # the timed-out submit was still accepted and runs
+    # fal: hold the answer this long after the request was queued, so its webhook can come first.
+    submit_answer_delay_seconds: float = 0.0
     poll_500_rate: float = 0.0  # fal status/result, Runware getResponse
 
     # Webhooks.
