@@ -101,7 +101,7 @@ def test_concurrent_duplicate_fal_deliveries_apply_once(ctx: Context, sessions: 
                                                         images: tuple[str, dict[str, bytes]]) -> None:
     host, _ = images
     with session_scope(sessions) as s:
-        _, (job,) = make_batch(s, [JobState.submitted], attempt=1)
+        _, (job,) = make_batch(s, [JobState.submitted], attempt=1, provider_request_id="req-1")
         ids = _deliveries(s, job, [_fal_body("req-1", f"http://{host}/a.jpg")] * 8, "fal")
         job_id = job.id
     outcomes = _race(ctx, ids)
