@@ -15,7 +15,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.models import Batch, Job, Schedule
+from orchestrator.callbacks import attempt_token
+from orchestrator.models import Batch, Delivery, Job, Schedule
+from orchestrator.settings import Settings
 
 MODEL = "fal-ai/flux/schnell"
 DEEP = "[" * 200_000 + "]" * 200_000
@@ -118,17 +120,22 @@ def test_batch_level_fields(http: httpx.Client, sessions: sessionmaker[Session],
     _nothing_written(sessions)
 
 
-def test_provider_callback_with_hostile_json_is_stored_not_a_5xx(http: httpx.Client,
+def test_provider_callback_with_hostile_json_is_stored_not_a_5xx(http: httpx.Client, settings: Settings,
                                                                  sessions: sessionmaker[Session]) -> None:
     created = http.post("/v1/batches", json={"items": [{"model": "runware:100@1", "prompt": "a red fox"}]})
     assert created.status_code == 201
     with sessions() as s:
         job = s.scalars(sa.select(Job)).one()
-        job_id, token = job.id, job.callback_token
+        job_id, token = job.id, attempt_token(settings.resolved_secret_key(), job.id, 1)
     for body in (DEEP, '{"data": [{"taskUUID": "\\u0000", "n": %s}]}' % BIG, '"\\ud800"'):
-        resp = http.post(f"/webhooks/runware/{job_id}/0", params={"token": token}, content=body,
+        resp = http.post(f"/webhooks/runware/{job_id}/1", params={"token": token}, content=body,
                          headers={"Content-Type": "application/json"})
         assert resp.status_code < 500, resp.text[:300]
+    with sessions() as s:
+        # Each reached the inbox (authenticated by the attempt's token) and was refused there:
+        # none names the attempt's taskUUID in a form we can read.
+        rows = s.scalars(sa.select(Delivery).where(Delivery.job_id == job_id)).all()
+        assert len(rows) == 3 and all(r.rejection and r.attempt == 1 for r in rows)
 
 
 HOSTILE_BODIES = {"nul": '{"name": "a\\u0000b"}', "surrogate": '{"name": "\\ud800"}',
