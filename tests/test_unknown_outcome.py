@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator import queue, state
 from orchestrator.db import session_scope, utcnow
 from orchestrator.models import Batch, Delivery, Job, JobEvent, JobState
-from orchestrator.sandbox import RUNWARE_DEV_KEY, Faults, RunwareSandbox
+from orchestrator.sandbox import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalSandbox, Faults, RunwareSandbox
 from orchestrator.settings import Settings
 from tests.conftest import REDIS_URL
 from tests.factories import make_batch
@@ -36,9 +36,19 @@ from workers.webhooks import process
 
 
 @pytest.fixture
-def ctx(settings: Settings) -> Iterator[Context]:
+def fal() -> Iterator[FalSandbox]:
+    # Requests stay queued: fal knows them (under our key) for as long as a test needs.
+    sandbox = FalSandbox(faults=Faults(latency_min=60.0, latency_max=60.0), concurrency=1)
+    sandbox.start()
+    yield sandbox
+    sandbox.stop()
+
+
+@pytest.fixture
+def ctx(settings: Settings, fal: FalSandbox) -> Iterator[Context]:
     settings.callback_timeout_seconds = 20
     settings.unknown_outcome_window_seconds = 600
+    settings.fal_queue_url, settings.fal_key = fal.url, SecretStr(FAL_DEV_KEY)
     c = Context(settings)
     yield c
     c.close()
@@ -56,6 +66,14 @@ def _fal_ok(request_id: str) -> bytes:
     return json.dumps({"request_id": request_id, "gateway_request_id": request_id, "status": "OK",
                        "payload": {"images": [{"url": "http://127.0.0.1:9/a.jpg", "width": 1024, "height": 768,
                                                "content_type": "image/jpeg"}], "seed": 7}}).encode()
+
+
+def _fal_request(fal: FalSandbox) -> str:
+    """A request fal really has under our key (whose submit answer, in these tests, we never got)."""
+    resp = httpx.post(f"{fal.url}/fal-ai/flux/schnell", json={"prompt": "p"},
+                      headers={"Authorization": f"Key {FAL_DEV_KEY}"})
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["request_id"])
 
 
 def _deliver(sessions: sessionmaker[Session], job_id: uuid.UUID, attempt: int, body: bytes) -> uuid.UUID:
@@ -83,39 +101,47 @@ def _broker_messages(task: str) -> list[list[Any]]:
     return out
 
 
-def test_a_queued_retry_takes_the_earlier_attempts_result(ctx: Context, sessions: sessionmaker[Session]) -> None:
+def test_a_queued_retry_takes_the_earlier_attempts_result(ctx: Context, sessions: sessionmaker[Session],
+                                                          fal: FalSandbox) -> None:
     # The submit answer was lost, the sweep re-queued the job, then attempt 1's webhook arrived:
-    # that image is paid for, so the job takes it instead of paying again on attempt 2.
+    # that image is paid for, so the job takes it instead of paying again on attempt 2 (once fal
+    # confirms the signed request id is a request of ours: orchestrator.binding).
     with session_scope(sessions) as s:
         _, (job,) = make_batch(s, [JobState.queued], attempt=1, retries=1)
         job_id = job.id
-    assert process(ctx, _deliver(sessions, job_id, 1, _fal_ok("req-1"))) == "adopted attempt 1"
+    # A signed delivery about a request fal does not know under our key is never adopted.
+    foreign = process(ctx, _deliver(sessions, job_id, 1, _fal_ok(str(uuid.uuid4()))))
+    assert foreign.startswith("refused") and "not ours to adopt" in foreign
+    req_1 = _fal_request(fal)
+    assert process(ctx, _deliver(sessions, job_id, 1, _fal_ok(req_1))) == "adopted attempt 1"
     with sessions() as s:
         row = s.get(Job, job_id)
         batch = s.scalars(sa.select(Batch)).one()
-        assert row is not None and row.state is JobState.storing and row.provider_request_id == "req-1"
+        assert row is not None and row.state is JobState.storing and row.provider_request_id == req_1
         assert (batch.count_queued, batch.count_storing) == (0, 1)
     adopted = [e for e in _events(sessions, job_id) if e.kind == "earlier_result_adopted"]
     assert len(adopted) == 1 and adopted[0].from_state == "queued" and adopted[0].detail["attempt"] == 1
 
 
-def test_an_earlier_result_cancels_the_later_attempt_at_fal(ctx: Context, sessions: sessionmaker[Session]) -> None:
+def test_an_earlier_result_cancels_the_later_attempt_at_fal(ctx: Context, sessions: sessionmaker[Session],
+                                                            fal: FalSandbox) -> None:
     with session_scope(sessions) as s:
         _, (job,) = make_batch(s, [JobState.submitted], attempt=2, provider_request_id="req-2",
                                provider_meta={"cancel_url": "http://127.0.0.1:9/x"})
         job_id = job.id
     redis.Redis.from_url(REDIS_URL).delete(queue.QUEUES[queue.CANCEL_AT_PROVIDER])
-    assert process(ctx, _deliver(sessions, job_id, 1, _fal_ok("req-1"))) == "adopted attempt 1"
+    req_1 = _fal_request(fal)
+    assert process(ctx, _deliver(sessions, job_id, 1, _fal_ok(req_1))) == "adopted attempt 1"
     with sessions() as s:
         row = s.get(Job, job_id)
-        assert row is not None and row.state is JobState.storing and row.provider_request_id == "req-1"
+        assert row is not None and row.state is JobState.storing and row.provider_request_id == req_1
     # The superseded request (attempt 2, req-2) is what gets cancelled, never the adopted one.
     assert [str(job_id), "req-2", {"cancel_url": "http://127.0.0.1:9/x"}] in _broker_messages(queue.CANCEL_AT_PROVIDER)
     # A failed result of the earlier attempt is not adopted: the later attempt carries on.
     with session_scope(sessions) as s:
         _, (other,) = make_batch(s, [JobState.submitted], attempt=2, provider_request_id="req-3")
         other_id = other.id
-    failed = json.dumps({"request_id": "req-0", "status": "ERROR", "error": "boom", "payload": {}}).encode()
+    failed = json.dumps({"request_id": _fal_request(fal), "status": "ERROR", "error": "boom", "payload": {}}).encode()
     assert process(ctx, _deliver(sessions, other_id, 1, failed)).startswith("ignored")
 
 
