@@ -16,6 +16,7 @@ import click
 from orchestrator.cli.admin import new_key
 from orchestrator.cli.client import Api, CliError, fetch_manifest, follow, save_results
 from orchestrator.cli.embedded import EmbeddedStack
+from orchestrator.cli.progress import print_table
 from orchestrator.netutil import free_port, port_is_free
 
 SUBJECTS = ["a lighthouse on a cliff", "a koi pond at dawn", "a neon ramen stall", "a desert caravan",
@@ -85,12 +86,9 @@ def _all_jobs(api: Api, batch_id: str) -> list[dict[str, Any]]:
 def print_summary(batch: dict[str, Any], jobs: list[dict[str, Any]], manifest: list[dict[str, Any]]) -> None:
     """Per state, per provider (jobs, images, cost), and p50/p95 seconds per image."""
     click.echo(f"\nbatch {batch['id']}: {batch['state']}")
-    click.echo(f"{'state':<12}{'jobs':>6}")
-    for state, n in batch["counts"].items():
-        if n:
-            click.echo(f"{state:<12}{n:>6}")
+    print_table([("state", 12, "<"), ("jobs", 6, ">")], [(s, n) for s, n in batch["counts"].items() if n])
     images = {line["job_id"]: len(line["images"]) for line in manifest}
-    click.echo(f"\n{'provider':<10}{'jobs':>6}{'images':>8}{'cost $':>10}{'source':>10}{'p50 s':>8}{'p95 s':>8}")
+    rows = []
     for provider in sorted({j["provider"] for j in jobs}):
         mine = [j for j in jobs if j["provider"] == provider]
         took = sorted(_seconds(j) for j in mine if j["completed_at"])
@@ -98,8 +96,11 @@ def print_summary(batch: dict[str, Any], jobs: list[dict[str, Any]], manifest: l
         count = sum(images.get(j["id"], 0) for j in mine)
         # `reported` by the provider (Runware) or `priced` from the price table (fal reports none)
         source = "/".join(sorted({j.get("cost_source") or "-" for j in mine}))
-        click.echo(f"{provider:<10}{len(mine):>6}{count:>8}{cost:>10.4f}{source:>10}"
-                   f"{_pct(took, 50):>8.2f}{_pct(took, 95):>8.2f}")
+        rows.append((provider, len(mine), count, f"{cost:.4f}", source, f"{_pct(took, 50):.2f}",
+                     f"{_pct(took, 95):.2f}"))
+    click.echo()
+    print_table([("provider", 10, "<"), ("jobs", 6, ">"), ("images", 8, ">"), ("cost $", 10, ">"),
+                 ("source", 10, ">"), ("p50 s", 8, ">"), ("p95 s", 8, ">")], rows)
     click.echo(f"total cost ${batch.get('cost') or 0:.4f} "
                f"(estimated before submit ${batch.get('estimated_cost') or 0:.4f})")
 

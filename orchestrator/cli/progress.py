@@ -186,3 +186,22 @@ def watch_batches(poll: Callable[[], list[dict[str, Any]]], interval: float, out
         if all(b.get("state") in FINAL_STATES for b in rows):
             return
         time.sleep(interval)
+
+
+Column = tuple[str, int, str]  # (header, width, "<" left or ">" right)
+
+
+def print_table(columns: list[Column], rows: list[tuple[Any, ...]], out: Console | None = None) -> None:
+    """Any small table (the demo's summary): rich on a terminal, fixed-width columns otherwise."""
+    out = out or console()
+    if out.is_terminal:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for name, _, align in columns:
+            table.add_column(name, justify="right" if align == ">" else "left")
+        for row in rows:
+            table.add_row(*(Text(str(v), style=COLOURS.get(str(v), "")) for v in row))
+        out.print(table)
+        return
+    click.echo("".join(f"{name:{align}{width}}" for name, width, align in columns))
+    for row in rows:
+        click.echo("".join(f"{v!s:{align}{width}}" for v, (_, width, align) in zip(row, columns, strict=True)))
