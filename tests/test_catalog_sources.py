@@ -310,3 +310,30 @@ def test_unchanged_rows_reuse_stored_images_only_while_the_objects_exist(
     storage.write("acme/old/B2.jpg", [b"jpeg bytes"])
     third = client.post("/v1/batches", json={"catalog": {**catalog, "rows": rows[:1]}}, headers=headers).json
     assert third["state"] == "succeeded" and third["catalog"]["unchanged"] == 1 and third["catalog"]["removed"] == 1
+
+
+def test_prune_deletes_only_images_no_remaining_row_uses(
+        client: FlaskClient, headers: dict[str, str], sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "storage", secret_key="x" * 20, public_url="http://127.0.0.1:9")
+    rows = [{"sku": "A1", "product": "mug", "colour": "red"}, {"sku": "B2", "product": "lamp", "colour": "blue"},
+            {"sku": "C3", "product": "vase", "colour": "red"}]
+    catalog = {"model": "flux-schnell", "template": "Photo of a {colour} {product}", "id_field": "sku",
+               "rows": rows, "name": "shop", "only_changed": True}
+    assert client.post("/v1/batches", json={"catalog": catalog}, headers=headers).status_code == 201
+    with session_scope(sessions) as s:
+        for job in s.scalars(sa.select(Job)).all():
+            assert job.catalog_ref is not None
+            # B2 and C3 share an object (as two rows with the same content would).
+            key = "acme/shared.jpg" if job.custom_id in ("B2", "C3") else f"acme/{job.custom_id}.jpg"
+            storage.write(key, [b"jpeg"])
+            s.add(CatalogEntry(tenant="acme", catalog="shop", row_id=job.custom_id,
+                               content_key=job.catalog_ref["content_key"], images=[{"index": 0, "storage_key": key}]))
+    kept = client.post("/v1/batches", json={"catalog": {**catalog, "rows": rows[2:]}}, headers=headers).json
+    assert kept["catalog"]["removed"] == 2 and kept["state"] == "succeeded"
+    assert storage.exists("acme/A1.jpg")  # without prune, removed rows keep their images
+    with session_scope(sessions) as s:
+        s.execute(sa.update(CatalogEntry).values(removed_at=None))
+    pruned = client.post("/v1/batches", json={"catalog": {**catalog, "rows": rows[2:], "prune": True}},
+                         headers=headers).json
+    assert pruned["catalog"]["removed"] == 2
+    assert not storage.exists("acme/A1.jpg") and storage.exists("acme/shared.jpg")  # C3 still uses it

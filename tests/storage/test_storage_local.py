@@ -18,7 +18,7 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from orchestrator.netutil import free_port
-from orchestrator.storage.local import LocalStorage, SignatureInvalid
+from orchestrator.storage.local import LocalStorage, ObjectTooLarge, SignatureInvalid
 from orchestrator.storage.local_blueprint import make_storage_blueprint
 
 SECRET = "test-secret-key-0123456789abcdef"
@@ -282,3 +282,18 @@ def test_key_colliding_with_existing_objects_is_a_conflict(server: Server, clien
     url = server.storage.presign_put(key, "image/png", 60)
     assert_problem(client.put(url, content=b"y", headers={"Content-Type": "image/png"}), 409)
     assert no_partial_files(server.root)
+
+
+def test_exists_read_and_delete(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path, secret_key="s" * 20, public_url="http://127.0.0.1:9")
+    assert storage.exists("acme/a.csv") is False and storage.read("acme/a.csv", 10) is None
+    storage.write("acme/a.csv", [b"sku\nA1\n"])
+    assert storage.exists("acme/a.csv") and storage.read("acme/a.csv", 10) == b"sku\nA1\n"
+    assert storage.read("acme", 10) is None  # a folder is not an object
+    with pytest.raises(ObjectTooLarge):
+        storage.read("acme/a.csv", 3)
+    storage.delete("acme/a.csv")
+    storage.delete("acme/a.csv")
+    assert not storage.exists("acme/a.csv")
+    with pytest.raises(ValueError):
+        storage.exists("../escape.csv")

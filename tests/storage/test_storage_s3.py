@@ -157,3 +157,17 @@ def test_presign_rejects_bad_expiry(expires_in: int) -> None:
 def test_presign_rejects_unsafe_keys() -> None:
     with pytest.raises(ValueError):
         S3Storage("b", "p").presign_put("../escape.png", "image/png", 60)
+
+
+def test_exists_read_and_delete(endpoint: str, bucket: str, client: httpx.Client) -> None:
+    storage = storage_from_url(f"s3://{bucket}/p", s3_endpoint_url=endpoint, secret_key="", public_url="")
+    key = "acme/catalog/products.csv"
+    assert storage.exists(key) is False and storage.read(key, 100) is None
+    client.put(storage.presign_put(key, "text/csv", 60), content=b"sku\nA1\n",
+               headers={"Content-Type": "text/csv"}).raise_for_status()
+    assert storage.exists(key) is True and storage.read(key, 100) == b"sku\nA1\n"
+    with pytest.raises(StorageError, match="exceeds 3 bytes"):
+        storage.read(key, 3)
+    storage.delete(key)
+    storage.delete(key)  # deleting a missing key is not an error
+    assert storage.exists(key) is False
