@@ -143,7 +143,10 @@ def night2(db_url: str, tmp: Path, schedule_id: Any, sandbox: Any, timeout: floa
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
     env = common.orchestrator_env(db_url, common.REDIS_URL, tmp, api_url, {
-        **common.fal_env(sandbox, 32), "ORCH_SWEEP_INTERVAL_SECONDS": "1", "ORCH_SECRET_KEY": SECRET})
+        **common.fal_env(sandbox, 32), "ORCH_SWEEP_INTERVAL_SECONDS": "1", "ORCH_SECRET_KEY": SECRET,
+        # A loaded machine drops connections now and then: let the sweep resume such jobs soon.
+        "ORCH_STORING_STALE_SECONDS": "10", "ORCH_CLAIM_STALE_SECONDS": "10", "ORCH_POLL_AFTER_SECONDS": "10",
+        "ORCH_POLL_INTERVAL_SECONDS": "5"})
     procs = [common.start_api(env, port, tmp, 2, 8)]
     engine = make_engine(db_url)
     factory = make_session_factory(engine)
