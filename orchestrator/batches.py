@@ -9,13 +9,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, object_session
 
 from orchestrator import budget, pricing, state
-from orchestrator.db import iso, new_id, utcnow
+from orchestrator.db import JSONType, Timestamp, iso, new_id, utcnow
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.intake import Plan
 from orchestrator.models import Asset, Batch, BatchState, Job, JobEvent, JobState
@@ -138,23 +138,22 @@ def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime, extra
         session.execute(sa.insert(Job), rows[start:start + 5000])
     if extras and extras.reused:
         by_position = {r["position"]: r["id"] for r in rows}
-        assets, events = [], []
-        for position, images in extras.reused.items():
-            job_id = by_position[position]
-            events.append({"job_id": job_id, "kind": "unchanged", "attempt": 0, "from_state": None,
-                           "to_state": JobState.succeeded.value, "created_at": now,
-                           "detail": {"reason": "content unchanged: the stored image is reused",
-                                      "content_key": extras.catalog_refs.get(position, {}).get("content_key")}})
-            assets += [{"id": new_id(), "job_id": job_id, "index": im["index"], "storage_key": im["storage_key"],
-                        "content_type": im.get("content_type"), "width": im.get("width"),
-                        "height": im.get("height"), "bytes": im.get("bytes"), "sha256": im.get("sha256"),
-                        "seed": im.get("seed"), "cost": Decimal(0), "cost_source": "priced", "created_at": now,
-                        "stored_at": now}
-                       for im in images]
+        assets = [{"id": new_id(), "job_id": by_position[position], "index": im["index"],
+                   "storage_key": im["storage_key"], "content_type": im.get("content_type"), "width": im.get("width"),
+                   "height": im.get("height"), "bytes": im.get("bytes"), "sha256": im.get("sha256"),
+                   "seed": im.get("seed"), "cost": Decimal(0), "cost_source": "priced", "created_at": now,
+                   "stored_at": now}
+                  for position, images in extras.reused.items() for im in images]
+        table = cast(sa.Table, Asset.__table__)
         for start in range(0, len(assets), 5000):
-            session.execute(sa.insert(Asset), assets[start:start + 5000])
-        for start in range(0, len(events), 5000):
-            session.execute(sa.insert(JobEvent), events[start:start + 5000])
+            session.execute(sa.insert(table), assets[start:start + 5000])
+        # One server-side statement for the timeline of every reused job (no row per job from here).
+        detail = {"reason": "content unchanged: the stored image is reused (see the job's catalog_ref)"}
+        source = sa.select(Job.id, sa.literal("unchanged"), sa.literal(0), sa.literal(JobState.succeeded.value),
+                           sa.literal(detail, JSONType), sa.literal(now, Timestamp())).where(
+            Job.batch_id == batch.id, Job.state == JobState.succeeded)
+        session.execute(sa.insert(JobEvent).from_select(
+            ["job_id", "kind", "attempt", "to_state", "detail", "created_at"], source))
 
 
 def get_batch(session: Session, tenant: str | None, batch_id: str | uuid.UUID) -> Batch:

@@ -306,6 +306,9 @@ def test_unchanged_rows_reuse_stored_images_only_while_the_objects_exist(
     manifest = [json.loads(x) for x in client.get(f"/v1/batches/{second['id']}/results",
                                                                 headers=headers).text.splitlines()]
     assert manifest[0]["status"] == "succeeded" and manifest[0]["images"][0]["storage_key"] == "acme/old/A1.jpg"
+    timeline = client.get(f"/v1/jobs/{manifest[0]['job_id']}", headers=headers).json["events"]
+    assert [(e["kind"], e["to"]) for e in timeline] == [("unchanged", "succeeded")]
+    assert manifest[1]["status"] == "queued"
     # Everything unchanged: the batch is done at once, nothing to send.
     storage.write("acme/old/B2.jpg", [b"jpeg bytes"])
     third = client.post("/v1/batches", json={"catalog": {**catalog, "rows": rows[:1]}}, headers=headers).json

@@ -21,6 +21,7 @@ _STRICT_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
 _UNDERSCORES = re.compile(r"_{2,}")
 _EXT = re.compile(r"[a-z0-9]{1,8}")
+_CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x1f\x7f\\]")
 _PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -75,7 +76,7 @@ def validate_key(key: str) -> str:
     """Return `key` if it is a safe relative object key, else raise ValueError."""
     if not key or len(key) > MAX_KEY_LENGTH:
         raise ValueError("object key is empty or too long")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in key):
+    if _CONTROL_OR_BACKSLASH.search(key):
         raise ValueError("object key contains a control character or backslash")
     for segment in key.split("/"):
         # Dot-leading segments cover `.` and `..`, and keep the local backend's hidden
