@@ -18,7 +18,8 @@ How to declare a route (instead of `@bp.get(...)` + `@require_key()`)::
                headers=MyHeaders,        # optional pydantic model (field alias = header name) -> `headers=`
                body=Body(PickIn),        # request body: a JSON model (+ other media types, see Body)
                responses={201: PickOut}, # status -> pydantic model, Content(...), or None (no body)
-               problems=(409,))          # extra problem statuses the view may raise
+               problems=(409,),          # extra problem statuses the view may raise
+               response_headers={201: {"Location": "the new pick"}})  # headers the view sets
     def pick(batch_id: uuid.UUID) -> tuple[PickOut, int]:
         data = PickIn.model_validate(read_json_object())   # the same model validates the body
         ...
@@ -132,6 +133,7 @@ class Operation:
     responses: dict[int, ResponseSpec]
     problems: tuple[int, ...]
     tags: tuple[str, ...] = field(default_factory=tuple)
+    response_headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
 
     def problem_statuses(self, has_path_params: bool) -> list[int]:
         """Problem statuses this operation can answer."""
@@ -153,12 +155,13 @@ class Operation:
 def operation(bp: Blueprint, method: str, rule: str, summary: str, *, auth: str | None = "client",
               query: type[BaseModel] | None = None, headers: type[BaseModel] | None = None,
               body: Body | None = None, responses: Mapping[int, ResponseSpec],
-              problems: Iterable[int] = (), tags: Iterable[str] = ()) -> Callable[[F], F]:
+              problems: Iterable[int] = (), tags: Iterable[str] = (),
+              response_headers: Mapping[int, Mapping[str, str]] | None = None) -> Callable[[F], F]:
     """Declare, register and document one route (see the module docstring)."""
 
     def decorator(view: F) -> F:
         op = Operation(method.upper(), summary, (view.__doc__ or "").strip(), auth, query, headers, body,
-                       dict(responses), tuple(problems), tuple(tags) or (bp.name,))
+                       dict(responses), tuple(problems), tuple(tags) or (bp.name,), dict(response_headers or {}))
 
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -283,12 +286,11 @@ def _operation_doc(op: Operation, path_params: list[dict[str, Any]], refs: Mappi
     out: dict[str, Any] = {"summary": op.summary, "operationId": _operation_id(op.summary), "tags": list(op.tags)}
     if op.description:
         out["description"] = op.description
-    params = list(path_params)
+    params = [*path_params, REQUEST_ID_PARAM]
     for model, where in ((op.query, "query"), (op.headers, "header")):
         if model is not None:
             params += _model_params(model, where, components)
-    if params:
-        out["parameters"] = params
+    out["parameters"] = params
     if op.body:
         content: dict[str, Any] = {}
         if op.body.json:
@@ -299,13 +301,25 @@ def _operation_doc(op: Operation, path_params: list[dict[str, Any]], refs: Mappi
     responses: dict[str, Any] = {}
     for status, spec in sorted(op.responses.items()):
         responses[str(status)] = _response_doc(status, spec, refs)
+        extra = {name: {"description": text, "schema": {"type": "string"}}
+                 for name, text in op.response_headers.get(status, {}).items()}
+        responses[str(status)]["headers"] = {**REQUEST_ID_HEADER, **extra}
     problem = {"description": "a problem document (RFC 9457)",
                "content": {PROBLEM_JSON: {"schema": refs[(Problem, "serialization")]}}}
     for status in op.problem_statuses(bool(path_params)):
-        responses[str(status)] = {**problem, "description": _TITLES.get(status, "Problem")}
+        # The HTTP server's own 414/431 answers come before the app, without a request id.
+        headers = {} if status in (414, 431) else REQUEST_ID_HEADER
+        responses[str(status)] = {**problem, "description": _TITLES.get(status, "Problem"), "headers": headers}
     out["responses"] = responses
     out["security"] = [{"bearer": []}] if op.auth else []
     return out
+
+
+REQUEST_ID_PARAM: dict[str, Any] = {
+    "name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string"},
+    "description": "your id for this request, echoed back and logged (first 64 characters); one is made if absent"}
+REQUEST_ID_HEADER: dict[str, Any] = {"X-Request-Id": {"description": "the request's id (yours, or a generated one)",
+                                                      "schema": {"type": "string"}}}
 
 
 def _operation_id(summary: str) -> str:

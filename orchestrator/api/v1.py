@@ -46,7 +46,8 @@ BATCH_BODY = Body(BatchRequest, tuple(Content(t, Item, description="one Item per
 
 
 @operation(bp, "POST", "/batches", "Submit a batch", query=BatchOptions, headers=BatchHeaders, body=BATCH_BODY,
-           responses={201: BatchOut, 200: BatchOut}, problems=(409,))
+           responses={201: BatchOut, 200: BatchOut}, problems=(409,),
+           response_headers={201: {"Location": "the batch's URL"}, 200: {"Location": "the batch's URL"}})
 def create_batch(query: BatchOptions, headers: BatchHeaders) -> tuple[BatchOut, int, dict[str, str]] | Response:
     """Validate a whole batch (JSON, or JSONL with one item per line), write it in one transaction,
     then nudge dispatch. A replay with the same Idempotency-Key and body answers 200 with the same batch.

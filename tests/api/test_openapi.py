@@ -44,14 +44,15 @@ def test_every_operation_declares_its_path_query_and_header_parameters(doc: dict
                 if p["in"] == "path":
                     assert p["required"] and p["schema"]["format"] == "uuid"
     params = {(p["in"], p["name"]): p for p in doc["paths"]["/v1/batches"]["get"]["parameters"]}
-    assert set(params) == {("query", "state"), ("query", "cursor"), ("query", "limit"), ("query", "schedule_id")}
+    assert set(params) == {("query", "state"), ("query", "cursor"), ("query", "limit"), ("query", "schedule_id"),
+                           ("header", "X-Request-Id")}
     assert params[("query", "limit")]["schema"] == {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}
     state = params[("query", "state")]
     assert state["schema"]["maxItems"] == 20 and state["style"] == "form" and state["explode"] is True
     assert re.fullmatch(state["schema"]["items"]["pattern"], "queued,failed")
     assert not re.fullmatch(state["schema"]["items"]["pattern"], "bogus")
     jobs = {p["name"] for p in doc["paths"]["/v1/batches/{batch_id}/jobs"]["get"]["parameters"]}
-    assert jobs == {"batch_id", "state", "cursor", "limit"}
+    assert jobs == {"batch_id", "state", "cursor", "limit", "X-Request-Id"}
     post = {(p["in"], p["name"]) for p in doc["paths"]["/v1/batches"]["post"]["parameters"]}
     assert ("header", "Idempotency-Key") in post and ("query", "lane") in post and ("query", "callback_url") in post
 
@@ -76,6 +77,12 @@ def test_bodies_responses_problems_and_security(doc: dict[str, Any]) -> None:
             assert "{" not in path or "404" in op["responses"], (method, path)
             for status, resp in op["responses"].items():
                 assert status == "204" or resp.get("content"), (method, path, status)
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            assert any(p["name"] == "X-Request-Id" and p["in"] == "header" for p in op["parameters"]), (method, path)
+            for status, resp in op["responses"].items():
+                assert ("X-Request-Id" in resp["headers"]) == (status not in ("414", "431")), (method, path, status)
+    assert "Location" in post["responses"]["201"]["headers"]
     patch = doc["paths"]["/v1/schedules/{schedule_id}"]["patch"]["requestBody"]["content"]["application/json"]
     assert patch["schema"]["$ref"].endswith("/ScheduleUpdate") and "ScheduleIn" in schemas
     results = doc["paths"]["/v1/batches/{batch_id}/results"]["get"]["responses"]["200"]["content"]
