@@ -33,7 +33,7 @@ from orchestrator.settings import Settings
 from orchestrator.storage.images import DisallowedHost, download_image
 from tests.conftest import StackFactory, make_key
 from tests.stack import CallbackReceiver
-from workers.callbacks import notify
+from workers.callbacks import CallbackFailed, notify
 from workers.context import Context
 
 ITEM = {"model": "fal-ai/flux/schnell", "prompt": "a red fox"}
@@ -212,6 +212,14 @@ class _ImageServer:
                 self.end_headers()
                 self.wfile.write(png)
 
+            def do_POST(self) -> None:  # a callback endpoint that redirects to the metadata service
+                outer.hosts.append(self.headers.get("Host", ""))
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(307)
+                self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -275,3 +283,21 @@ def test_worker_without_the_settings_refuses_loopback_downloads_and_callbacks(
         assert receiver.calls == []
     finally:
         receiver.close()
+
+
+def test_a_callback_redirect_is_not_followed(settings: Settings, sessions: sessionmaker[Session],
+                                             image_server: _ImageServer) -> None:
+    batch_id = _finished_batch(sessions, f"http://127.0.0.1:{image_server.port}/hook")
+    seen: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        seen.append(host)  # the redirect target would be looked up here, were it followed
+        return [host]
+
+    c = _Context(settings.model_copy(update={"callback_allow_private": True}), resolver)
+    try:
+        with pytest.raises(CallbackFailed, match="answered 307"):
+            notify(c, batch_id)
+    finally:
+        c.close()
+    assert image_server.hosts == [f"127.0.0.1:{image_server.port}"] and seen == []
