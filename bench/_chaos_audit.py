@@ -40,6 +40,9 @@ class Audit:
     batches_not_final: int = 0
     accepted: Counter[str] = field(default_factory=Counter)  # per provider
     paid_twice: int = 0  # accepted submissions beyond one (and beyond allowed resubmissions) per non-failed job
+    paid_generations: int = 0  # provider requests that produced a successful result (what is billed)
+    results_discarded: int = 0  # a successful result of one attempt delivered to us, yet the job kept another's
+    adopted: int = 0  # jobs that took an earlier (or already re-queued) attempt's result
     resubmits_by_policy: Counter[str] = field(default_factory=Counter)  # unknown-outcome resubmissions
     duplicate_assets: int = 0
     incomplete_jobs: int = 0  # succeeded with fewer stored images than asked for
@@ -76,11 +79,14 @@ def audit(db_url: str, api_url: str, token: str, ledgers: dict[str, dict[str, An
                                           Job.provider)).all()
             batches = list(conn.execute(sa.select(Batch)).scalars())
             assets = conn.execute(sa.select(Asset.job_id, Asset.index, Asset.storage_key, Asset.sha256,
-                                            Asset.bytes, Asset.stored_at)).all()
+                                            Asset.bytes, Asset.stored_at, Asset.provider_image_id)).all()
             resubmits = conn.execute(sa.select(JobEvent.job_id, JobEvent.detail)
                                      .where(JobEvent.kind == RESUBMIT_EVENT)).all()
+            a.adopted = conn.scalar(sa.select(sa.func.count()).select_from(JobEvent)
+                                    .where(JobEvent.kind == "earlier_result_adopted")) or 0
         _jobs(a, jobs, batches)
         _payments(a, jobs, ledgers, resubmits)
+        _discarded(a, jobs, ledgers, assets)
         _assets(a, jobs, assets, storage)
         _counters(a, jobs, batches)
         _manifests(a, api_url, token, batches, jobs, assets)
@@ -121,6 +127,47 @@ def _payments(a: Audit, jobs: list[Any], ledgers: dict[str, dict[str, Any]], res
             a.paid_twice += extra
             a.problem(f"job {j.id} ({j.provider}) accepted {per_job[str(j.id)]}x, "
                       f"{allowed.get(str(j.id), 0)} resubmission(s) allowed by policy")
+
+
+def _discarded(a: Audit, jobs: list[Any], ledgers: dict[str, dict[str, Any]], assets: list[Any]) -> None:
+    """Paid results thrown away: an attempt's successful result reached us, but the job kept another attempt's.
+
+    The attempt a stored image came from: fal assets are keyed `attempt:index`; Runware assets by
+    imageUUID, which the ledger maps to the webhook (and so the attempt) that carried it.
+    """
+    image_attempt: dict[str, int] = {}
+    delivered: dict[str, set[int]] = defaultdict(set)  # job -> attempts whose good result was delivered
+    paid: set[str] = set()
+    for d in (d for ledger in ledgers.values() for d in ledger.get("deliveries", [])):
+        if d.get("kind") != "webhook":
+            continue
+        good = d.get("result_status") == 200 if d.get("provider") == "fal" else bool(d.get("image_uuid"))
+        if not good:
+            continue
+        paid.add(str(d.get("request_id") or d.get("task_uuid")))
+        match = _JOB_IN_URL.search(d.get("url") or "")
+        if match is None:
+            continue
+        job, attempt = match.group(1), int(match.group(2))
+        if d.get("image_uuid"):
+            image_attempt[d["image_uuid"]] = attempt
+        if d.get("outcome") == "delivered":
+            delivered[job].add(attempt)
+    a.paid_generations = len(paid)
+    kept: dict[str, set[int]] = defaultdict(set)
+    for r in assets:
+        key = r.provider_image_id or ""
+        attempt = image_attempt.get(key) or (int(key.split(":")[0]) if key.split(":")[0].isdigit() else None)
+        if attempt is not None:
+            kept[str(r.job_id)].add(attempt)
+    for j in jobs:
+        if j.state.value != "succeeded":
+            continue
+        lost = delivered.get(str(j.id), set()) - kept.get(str(j.id), set())
+        if lost and kept.get(str(j.id)) and min(lost) < min(kept[str(j.id)]):
+            a.results_discarded += 1
+            a.problem(f"job {j.id}: attempt {min(lost)}'s result was delivered and dropped; "
+                      f"the job kept attempt {min(kept[str(j.id)])}'s (paid twice)")
 
 
 def _assets(a: Audit, jobs: list[Any], assets: list[Any], storage: Path) -> None:

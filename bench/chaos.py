@@ -53,7 +53,7 @@ MODELS = [("fal-ai/flux/schnell", 1, 30), ("fal-ai/flux/dev", 2, 12), ("fal-ai/f
 EXPIRING = [("rundiffusion-fal/juggernaut-flux/lightning", 1, 0), ("rundiffusion:130@100", 1, 0)]
 SANDBOX_FAULTS = [
     "--webhook-duplicate-rate", "0.2", "--webhook-drop-rate", "0.1", "--webhook-reorder-window", "0.3",
-    "--webhook-delay-rate", "0.1", "--webhook-delay-seconds", "4", "--submit-429-rate", "0.1", "--retry-after", "1",
+    "--webhook-delay-rate", "0.1", "--webhook-delay-seconds", "8", "--submit-429-rate", "0.1", "--retry-after", "1",
     "--submit-500-rate", "0.03", "--submit-503-rate", "0.02", "--submit-timeout-rate", "0.05",
     "--fault", "submit_timeout_accepts=true", "--fault", "submit_timeout_seconds=3",
     "--submit-slow-rate", "0.05", "--submit-slow-seconds", "1", "--latency-min", "0.2", "--latency-max", "1.0",
@@ -62,7 +62,10 @@ SANDBOX_FAULTS = [
 ORCH_ENV = {
     "ORCH_POLL_AFTER_SECONDS": "6", "ORCH_POLL_INTERVAL_SECONDS": "3", "ORCH_CLAIM_STALE_SECONDS": "8",
     "ORCH_STORING_STALE_SECONDS": "15", "ORCH_SWEEP_INTERVAL_SECONDS": "2", "ORCH_RETRY_BASE_SECONDS": "0.5",
-    "ORCH_RETRY_MAX_SECONDS": "5", "ORCH_CALLBACK_TIMEOUT_SECONDS": "20", "ORCH_BREAKER_COOLDOWN_SECONDS": "2",
+    "ORCH_RETRY_MAX_SECONDS": "5",
+    # Shorter than a delayed webhook (8 s): "resubmit" batches resubmit before some first results
+    # arrive, so the harness exercises adopting an earlier attempt's result.
+    "ORCH_CALLBACK_TIMEOUT_SECONDS": "6", "ORCH_BREAKER_COOLDOWN_SECONDS": "2",
     "ORCH_FAL_MAX_IN_FLIGHT": "24", "ORCH_FAL_RATE_PER_SECOND": "100", "ORCH_RUNWARE_MAX_IN_FLIGHT": "24",
     "ORCH_RUNWARE_RATE_PER_SECOND": "100",
 }
@@ -94,7 +97,8 @@ class RunResult:
     def failures(self) -> list[str]:
         a, out = self.audit, []
         for name, value in (("jobs lost or stuck", a.not_final), ("batches not final", a.batches_not_final),
-                            ("paid twice", a.paid_twice), ("duplicate assets", a.duplicate_assets),
+                            ("paid twice", a.paid_twice), ("paid results discarded", a.results_discarded),
+                            ("duplicate assets", a.duplicate_assets),
                             ("incomplete succeeded jobs", a.incomplete_jobs), ("sha256 mismatches", a.sha_mismatches),
                             ("orphan objects", a.orphan_objects), ("counter mismatches", a.counter_mismatches),
                             ("manifest mismatches", a.manifest_mismatches), ("missing callbacks", a.missing_callbacks),
@@ -428,7 +432,9 @@ def rows(results: list[RunResult]) -> tuple[list[str], list[list[Any]]]:
     for pol in policies or ["resubmit"]:
         add(f"unknown-outcome resubmissions ({pol})", [r.audit.resubmits_by_policy.get(pol, 0) for r in results])
     for name, attr in (("LOST (jobs not final)", "not_final"), ("batches not final", "batches_not_final"),
-                       ("PAID TWICE", "paid_twice"), ("duplicate assets", "duplicate_assets"),
+                       ("PAID TWICE", "paid_twice"), ("  paid results discarded", "results_discarded"),
+                       ("paid generations (ledger)", "paid_generations"),
+                       ("earlier attempt's result adopted", "adopted"), ("duplicate assets", "duplicate_assets"),
                        ("succeeded, images missing", "incomplete_jobs"), ("objects checked", "objects_checked"),
                        ("sha256 mismatches", "sha_mismatches"), ("orphan objects", "orphan_objects"),
                        ("batch counter mismatches", "counter_mismatches"), ("manifest lines", "manifest_lines"),
