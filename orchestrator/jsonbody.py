@@ -20,6 +20,7 @@ from orchestrator.errors import BatchRejected, ItemProblem
 MAX_DEPTH = 64  # far beyond any real batch; keeps every later recursive step (pydantic, encoders) safe
 MAX_INT_DIGITS = 30  # any real seed, size or count fits in 64 bits (20 digits)
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSAFE = re.compile("[\x00\ud800-\udfff]")
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
 Path = tuple[str | int, ...]
 
@@ -155,8 +156,13 @@ def as_item_problem(problem: BodyProblem, data: Any = None, prefix: str = "",
         item = _get(data, item_path)
         cid = item.get("custom_id") if isinstance(item, dict) else problem.custom_ids.get(item_path)
     custom_id = cid if isinstance(cid, str) and _refusal(cid) is None else None
-    field = ".".join(str(p) for p in path) or ("item" if position is not None else "body")
+    # A hostile key is named escaped, so the problem document itself stays clean.
+    field = ".".join(_escaped(str(p)) for p in path) or ("item" if position is not None else "body")
     return ItemProblem(position, custom_id, prefix + field, problem.message)
+
+
+def _escaped(text: str) -> str:
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _get(data: Any, path: Path) -> Any:

@@ -33,7 +33,7 @@ CASES = [
     ("huge-integer", '{"custom_id": "c1", "model": "%s", "prompt": "a", "seed": %s}' % (MODEL, BIG), "seed", "c1"),
     ("nan", '{"custom_id": "c1", "model": "%s", "prompt": "a", "guidance": NaN}' % MODEL, "guidance", "c1"),
     ("nul-in-key", '{"custom_id": "c1", "model": "%s", "prompt": "a", "native": {"k\\u0000": 1}}' % MODEL,
-     "native.k\x00", "c1"),
+     "native.k\\u0000", "c1"),
 ]
 GOOD = '{"custom_id": "ok", "model": "%s", "prompt": "fine"}' % MODEL
 IDS = [c[0] for c in CASES]
