@@ -146,7 +146,7 @@ def night2(db_url: str, tmp: Path, schedule_id: Any, sandbox: Any, timeout: floa
         **common.fal_env(sandbox, 32), "ORCH_SWEEP_INTERVAL_SECONDS": "1", "ORCH_SECRET_KEY": SECRET,
         # A loaded machine drops connections now and then: let the sweep resume such jobs soon.
         "ORCH_STORING_STALE_SECONDS": "10", "ORCH_CLAIM_STALE_SECONDS": "10", "ORCH_POLL_AFTER_SECONDS": "10",
-        "ORCH_POLL_INTERVAL_SECONDS": "5"})
+        "ORCH_POLL_INTERVAL_SECONDS": "5", "ORCH_DOWNLOAD_ALLOW_PRIVATE": "true"})  # the sandbox is on loopback
     procs = [common.start_api(env, port, tmp, 2, 8)]
     engine = make_engine(db_url)
     factory = make_session_factory(engine)
@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nsubmissions on night 2: {run['paid']} ({verdict}); "
           f"{run['paid'] / max(1, base_sent):.1%} of a full regeneration")
     if run["problems"]:
-        print("\nerror lines in the process logs:\n  " + "\n  ".join(run["problems"][:20]))
+        shown = sorted({line[:200] for line in run["problems"] if "ERROR" in line})[:5]
+        print(f"\n{len(run['problems'])} error lines in the process logs, e.g.:\n  " + "\n  ".join(shown))
 
 
 if __name__ == "__main__":
