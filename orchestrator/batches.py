@@ -14,7 +14,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, object_session
 
-from orchestrator import budget, pricing, state
+from orchestrator import budget, catalog, pricing, state
 from orchestrator.db import JSONType, Timestamp, iso, new_id, utcnow
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.intake import Plan
@@ -192,7 +192,7 @@ def list_batches(session: Session, tenant: str | None, *, states: list[str], cur
     The API passes the key's tenant; the dashboard passes None (every tenant) or the tenant filter.
     """
     f = filters or BatchFilter()
-    q = f.apply(sa.select(Batch), tenant)
+    q = f.apply(sa.select(Batch), tenant, session)
     if states:
         q = q.where(Batch.state.in_([_enum(BatchState, s) for s in states]))
     column, descending = _sort_column(sort)
@@ -228,8 +228,8 @@ class BatchFilter:
     search: str | None = None
     parent_batch_id: uuid.UUID | None = None
 
-    def apply(self, q: sa.Select[Any], tenant: str | None) -> sa.Select[Any]:
-        """Add this filter's conditions to a SELECT over batches."""
+    def apply(self, q: sa.Select[Any], tenant: str | None, session: Session | None = None) -> sa.Select[Any]:
+        """Add this filter's conditions to a SELECT over batches (`session` lets the search pick its plan)."""
         if tenant is not None:
             q = q.where(Batch.tenant == tenant)
         if self.tenant:
@@ -250,14 +250,42 @@ class BatchFilter:
             if self.provider:
                 uses = uses.where(Job.provider == self.provider)
             if self.model:
-                uses = uses.where(sa.or_(Job.model == self.model, Job.requested_model == self.model))
+                # A family alias means any of its models; jobs store the resolved model id (indexed).
+                uses = uses.where(Job.model.in_(catalog.ALIASES.get(self.model, (self.model,))))
             q = q.where(uses.exists())
         if self.search:
             pattern = "%" + self.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            # The prompt side uses the trigram index on params->>'prompt'.
-            prompts = sa.select(Job.batch_id).where(Job.params["prompt"].as_string().ilike(pattern))
-            q = q.where(sa.or_(Batch.name.ilike(pattern), Batch.id.in_(prompts)))
+            q = q.where(sa.or_(Batch.name.ilike(pattern), _prompt_match(session, pattern)))
         return q
+
+
+# Above this many estimated matching jobs, probing each listed batch beats collecting all matches.
+PROBE_ABOVE_ROWS = 20_000
+
+
+def _prompt_match(session: Session | None, pattern: str) -> sa.ColumnElement[bool]:
+    """Batches with a job whose prompt matches, planned by how common the text is.
+
+    A rare text: collect the matching jobs' batches through the trigram index (a few rows). A
+    common one ("lighthouse" in 90k prompts): fetching every match costs seconds, while probing
+    each batch as the list is walked newest first finds a match within its first rows, so a page
+    costs about 50 short index probes. Postgres's own estimate (EXPLAIN) chooses.
+    """
+    prompt = Job.params["prompt"].as_string()
+    matches = sa.select(Job.batch_id).where(prompt.ilike(pattern))
+    if session is not None and session.get_bind().dialect.name == "postgresql" \
+            and _estimated_rows(session, matches) > PROBE_ABOVE_ROWS:
+        probe = (sa.select(sa.literal(1)).where(Job.batch_id == Batch.id, prompt.ilike(pattern))
+                 .limit(1).correlate(Batch).scalar_subquery())
+        return probe.is_not(None)
+    return Batch.id.in_(matches)
+
+
+def _estimated_rows(session: Session, stmt: sa.Select[Any]) -> float:
+    compiled = stmt.compile(dialect=session.get_bind().dialect)
+    plan = session.connection().exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params).scalar()
+    doc = json.loads(plan) if isinstance(plan, str) else plan
+    return float(doc[0]["Plan"]["Plan Rows"])
 
 
 def _sort_column(sort: str) -> tuple[Any, bool]:

@@ -17,7 +17,7 @@ from orchestrator.settings import Settings
 
 def install(app: Flask, settings: Settings) -> None:
     """Register the dashboard on the API app."""
-    from orchestrator.dashboard import views_batch, views_batches, views_jobs, views_ops  # noqa: F401  (routes)
+    from orchestrator.dashboard import tiles, views_batch, views_batches, views_jobs, views_ops  # noqa: F401  (routes)
 
     security.configure(app, settings)
     app.register_blueprint(bp)

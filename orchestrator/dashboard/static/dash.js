@@ -164,10 +164,12 @@
     const img = t.querySelector("img");
     lbImg.src = img.currentSrc || img.src;
     lbImg.alt = img.alt;
-    const d = t.dataset;
-    lbCap.textContent = d.customId + " · seed " + (d.seed || "–") + " · " + d.size + " · " + d.provider + " · " + d.model + " — " + d.prompt;
+    const details = t.querySelector(".details");
+    const prompt = details.querySelector(".p").textContent;
+    const facts = details.textContent.slice(prompt.length).trim();
+    lbCap.textContent = t.querySelector(".cid").textContent + " · " + facts + " — " + prompt;
     lb.hidden = false;
-    lb.dataset.asset = d.asset;
+    lb.dataset.asset = t.dataset.asset;
   }
   function closeLightbox() { lb.hidden = true; if (current) current.focus(); current = null; }
   function step(delta) {
