@@ -52,13 +52,35 @@ class RedactingFilter(logging.Filter):
         """Rewrite the record in place; never drops it."""
         record.msg = redact_text(record.getMessage(), self.secrets)
         record.args = None
+        # Tracebacks quote URLs and messages too (an httpx error names the URL it called):
+        # render them here, redacted, so no formatter prints the raw text.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _plain.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text, self.secrets)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info, self.secrets)
         for key, value in list(record.__dict__.items()):
-            if key not in _STANDARD and isinstance(value, str):
-                setattr(record, key, redact_text(value, self.secrets))
+            if key not in _STANDARD:
+                setattr(record, key, self._scrub(value))
         for key, value in _bound.get().items():
             if not hasattr(record, key):
                 setattr(record, key, value)
         return True
+
+
+    def _scrub(self, value: Any, depth: int = 0) -> Any:
+        """Redact strings in an extra, also inside dicts and lists."""
+        if isinstance(value, str):
+            return redact_text(value, self.secrets)
+        if depth < 4 and isinstance(value, dict):
+            return {k: self._scrub(v, depth + 1) for k, v in value.items()}
+        if depth < 4 and isinstance(value, (list, tuple)):
+            return [self._scrub(v, depth + 1) for v in value]
+        return value
+
+
+_plain = logging.Formatter()
 
 
 class JsonFormatter(logging.Formatter):
@@ -69,8 +91,8 @@ class JsonFormatter(logging.Formatter):
         data: dict[str, Any] = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
                                 "logger": record.name, "msg": record.getMessage()}
         data.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")})
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            data["exc"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return json.dumps(data, default=str)
 
 

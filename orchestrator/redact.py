@@ -20,6 +20,17 @@ _SECRET_PARAMS = {
     "awsaccesskeyid",
 }
 _AUTH_HEADER = re.compile(r"(?i)\b(Key|Bearer)\s+[A-Za-z0-9._:\-+/=]{6,}")
+# A secret query parameter in free text, also inside a URL that is itself a query value, so
+# percent-encoded once (`fal_webhook=http%3A%2F%2F...%3Ftoken%3D<token>`, as httpx logs the
+# fal submit URL) or twice (`%253F`, `%253D`). The value ends at the next separator in any of
+# those encodings, whitespace, a quote or an angle bracket.
+_SEPARATOR = r"(?:[?&;]|%3F|%26|%253F|%2526)"
+_EQUALS = r"(?:=|%3D|%253D)"
+_VALUE_END = r"(?:[&;#\s\"'<>\\]|%26|%2526|%23|%2523)"
+_QUERY_SECRET = re.compile(
+    rf"(?i)({_SEPARATOR}(?:{'|'.join(sorted(_SECRET_PARAMS, key=len, reverse=True))}){_EQUALS})"
+    rf"(?:(?!{_VALUE_END}).)+"
+)
 
 
 def redact_url(url: str) -> str:
@@ -43,8 +54,4 @@ def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
         if secret and len(secret) >= 6:
             text = text.replace(secret, "***")
     text = _AUTH_HEADER.sub(lambda m: f"{m.group(1)} ***", text)
-    return re.sub(
-        r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|signature|sig|token)=)[^&\s\"']+",
-        r"\1***",
-        text,
-    )
+    return _QUERY_SECRET.sub(r"\1***", text)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -169,7 +170,16 @@ class Settings(BaseSettings):
     def secrets(self) -> tuple[str, ...]:
         """Every configured secret value, for redaction."""
         values = (self.secret_key, self.fal_key, self.runware_api_key)
-        return tuple(v.get_secret_value() for v in values if v.get_secret_value())
+        found = [v.get_secret_value() for v in values if v.get_secret_value()]
+        # Passwords inside connection URLs (Postgres, Redis, S3-style storage) are secrets too.
+        for url in (self.database_url, self.broker_url, self.storage_url):
+            try:
+                password = urlsplit(url).password
+            except ValueError:
+                password = None
+            if password:
+                found += [password, unquote(password), quote(password, safe="")]
+        return tuple(dict.fromkeys(found))
 
 
 @lru_cache(maxsize=8)

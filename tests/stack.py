@@ -74,6 +74,20 @@ class Stack:
             args.append(f"--queues={queues}")
         return self._spawn(args, name, extra_env)
 
+    def start_api(self, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start a real `orchestrator api` (gunicorn) on `port`; returns once /healthz answers."""
+        proc = self._spawn([sys.executable, "-m", "orchestrator.cli", "api", f"--port={port}", "--workers=1",
+                            "--threads=8"], "api", extra_env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the API did not start\n{self.logs()}")
+
     def start_beat(self) -> subprocess.Popen[bytes]:
         """Start the scheduler (sweeps every second)."""
         return self._spawn([sys.executable, "-m", "orchestrator.cli", "beat"], "beat")

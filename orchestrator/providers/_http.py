@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from typing import Any
 
 import httpx
@@ -61,9 +63,26 @@ def json_body(response: httpx.Response) -> Any:
 
 
 def text_snippet(response: httpx.Response, secrets: tuple[str, ...], limit: int = 300) -> str:
-    """Return the start of a non-JSON body for an error message, secrets removed."""
-    text = response.text.strip() or response.reason_phrase or f"HTTP {response.status_code}"
-    return redact_text(text[:limit], secrets)
+    """A short, plain-text summary of a non-JSON body for an error message, secrets removed."""
+    text = summarize(response.text[:20_000], limit) or response.reason_phrase or f"HTTP {response.status_code}"
+    return redact_text(text, secrets)
+
+
+_HTML = re.compile(r"(?is)<\s*(?:!doctype|html|head|body|title|h1|center|div|p)\b")
+_TITLE = re.compile(r"(?is)<title[^>]*>(.*?)</title>")
+_SCRIPT = re.compile(r"(?is)<(script|style)\b.*?</\1\s*>")
+_TAG = re.compile(r"(?s)<[^>]*>")
+
+
+def summarize(text: str, limit: int = 300) -> str:
+    """Plain text for a job's timeline: an HTML error page (an nginx 503) becomes its title or its
+    text without tags, whitespace collapsed and capped, so no markup is stored or shown verbatim."""
+    if _HTML.search(text):
+        title = _TITLE.search(text)
+        body = title.group(1) if title else _TAG.sub(" ", _SCRIPT.sub(" ", text))
+        text = f"{html.unescape(_TAG.sub(' ', body))} (HTML error page)"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def retry_after(response: httpx.Response) -> float | None:
