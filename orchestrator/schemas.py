@@ -447,6 +447,11 @@ class BatchListQuery(_PageQuery):
 
     state: list[BatchStateParam] = Field(default_factory=list, max_length=20, description=STATE_HELP)
     schedule_id: uuid.UUID | None = Field(default=None, description="only batches this schedule created")
+    provider: Literal["fal", "runware"] | None = Field(default=None, description="batches with a job on this provider")
+    model: str | None = Field(default=None, max_length=200, description="batches with a job on this model or alias")
+    lane: Literal["interactive", "bulk"] | None = None
+    q: str | None = Field(default=None, min_length=1, max_length=200, description="search in names and prompts")
+    parent_batch_id: uuid.UUID | None = Field(default=None, description="re-renders of this batch")
 
 
 class JobListQuery(_PageQuery):

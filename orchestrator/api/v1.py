@@ -173,7 +173,9 @@ def _json_model(model: type[BatchPatch], name: str) -> BatchPatch:
 def list_batches(query: BatchListQuery) -> BatchPage:
     """This tenant's batches, newest first."""
     rows, nxt = batches.list_batches(db(), g.tenant, states=_split(query.state), cursor=query.cursor,
-                                     limit=query.limit, filters=batches.BatchFilter(schedule_id=query.schedule_id))
+                                     limit=query.limit, filters=batches.BatchFilter(
+                                         schedule_id=query.schedule_id, provider=query.provider, model=query.model,
+                                         lane=query.lane, search=query.q, parent_batch_id=query.parent_batch_id))
     held = budget.held_counts(db(), [b.id for b in rows if b.count_queued])
     return BatchPage(data=[batches.batch_out(b, held.get(b.id, 0)) for b in rows], next_cursor=nxt)
 

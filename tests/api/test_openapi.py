@@ -45,7 +45,8 @@ def test_every_operation_declares_its_path_query_and_header_parameters(doc: dict
                     assert p["required"] and p["schema"]["format"] == "uuid"
     params = {(p["in"], p["name"]): p for p in doc["paths"]["/v1/batches"]["get"]["parameters"]}
     assert set(params) == {("query", "state"), ("query", "cursor"), ("query", "limit"), ("query", "schedule_id"),
-                           ("header", "X-Request-Id")}
+                           ("query", "provider"), ("query", "model"), ("query", "lane"), ("query", "q"),
+                           ("query", "parent_batch_id"), ("header", "X-Request-Id")}
     assert params[("query", "limit")]["schema"] == {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}
     state = params[("query", "state")]
     assert state["schema"]["maxItems"] == 20 and state["style"] == "form" and state["explode"] is True
