@@ -50,6 +50,7 @@ def images() -> Iterator[tuple[str, dict[str, bytes]]]:
 @pytest.fixture
 def ctx(settings: Settings, images: tuple[str, dict[str, bytes]], tmp_path: Path) -> Iterator[Context]:
     settings.download_allowed_hosts = images[0]
+    settings.download_allow_private = True  # the image server is on loopback
     settings.public_url = "http://127.0.0.1:9"
     c = Context(settings)
     # Storage PUTs go straight to the local directory backend through a tiny in-test server.
