@@ -112,6 +112,7 @@ def test_board_live_progress_picks_export_rerender(make_stack: StackFactory, ses
         wait_for(lambda: page.locator(".tile.picked").count() == 3, what="three picks")
         page.click("#show-picks")
         assert page.locator(".tile").count() == 3
+        images_loaded(page)
         shot(page, "04-picks-only")
         with page.expect_download() as dl:
             page.click("#export-picks")
@@ -134,6 +135,8 @@ def test_board_live_progress_picks_export_rerender(make_stack: StackFactory, ses
         seeds = sorted(j["params"]["seed"] for j in api.get(f"/v1/batches/{child_id}/jobs").json()["data"])
         assert seeds == [40, 41, 42]
         wait_for(lambda: page.inner_text("#batch-state") == "succeeded", what="child page to finish live")
+        wait_for(lambda: page.locator(".tile").count() == 3, what="the child's tiles")
+        images_loaded(page)
         shot(page, "05-rerender-child")
 
         # CSRF: the same session without the token is refused, and nothing happened.
