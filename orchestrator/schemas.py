@@ -465,7 +465,8 @@ class BatchOptions(BaseModel):
 
     name: str | None = Field(default=None, max_length=200)
     lane: Literal["interactive", "bulk"] | None = None
-    callback_url: str | None = Field(default=None, max_length=2000, json_schema_extra={"format": "uri"})
+    # Validated as a URL even with a JSON body (which ignores it), so the document tells the truth.
+    callback_url: Annotated[HttpUrl, UrlConstraints(max_length=2000)] | None = None
     unknown_outcome: Literal["wait", "resubmit"] | None = None
     model: str | None = Field(default=None, max_length=200, description="default model of every line")
     max_cost_usd: str | None = Field(default=None, max_length=40, description="the batch's USD cap")

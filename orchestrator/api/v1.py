@@ -94,7 +94,7 @@ def estimate_batch(query: BatchOptions) -> Estimate:
 def _plan(query: BatchOptions, raw: bytes, mimetype: str) -> intake.Plan:
     settings = services().settings
     if mimetype in JSONL_TYPES:
-        req = intake.parse_jsonl(raw, query.model_dump(exclude_none=True), settings.max_items_per_batch)
+        req = intake.parse_jsonl(raw, query.model_dump(mode="json", exclude_none=True), settings.max_items_per_batch)
     else:
         req = intake.parse_json(raw, settings.max_items_per_batch)
     plan = intake.plan(req, settings.max_items_per_batch)
