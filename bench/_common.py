@@ -7,6 +7,7 @@ sandboxes and the load generators stay in the benchmark process and are never co
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -227,6 +228,7 @@ class Topology:
     worker_concurrency: int = 16
     api_workers: int = 2
     api_threads: int = 8
+    beat: bool = False  # also run `orchestrator beat` (the periodic sweep), as deployed
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,7 @@ class BatchRun:
     machine_busy: float  # % of all cores busy over the run (anything on the machine)
     problems: list[str]  # error lines in the processes' logs
     task_seconds: dict[str, list[float]]  # worker task run times by task name
+    io: dict[str, float] | None = None  # database and broker round trips over the run (see IoCounters)
 
 
 @contextmanager
@@ -255,40 +258,187 @@ def fal_sandbox(latency: tuple[float, float], concurrency: int) -> Iterator[FalS
         sandbox.stop()
 
 
-def fal_env(sandbox: FalSandbox, limit: int) -> dict[str, str]:
+def fal_env(sandbox: Any, limit: int) -> dict[str, str]:
     """Provider settings: the sandbox, the in-flight limit, a request rate that never binds."""
     return {"ORCH_FAL_QUEUE_URL": sandbox.url, "ORCH_FAL_JWKS_URL": sandbox.jwks_url,
             "ORCH_FAL_MAX_IN_FLIGHT": str(limit), "ORCH_FAL_RATE_PER_SECOND": "1000",
             "ORCH_DOWNLOAD_ALLOWED_HOSTS": sandbox.url.split("//", 1)[1]}
 
 
-def run_batch(db_url: str, redis_url: str, tmp: Path, sandbox: FalSandbox, items: list[dict[str, Any]],
+def run_batch(db_url: str, redis_url: str, tmp: Path, sandbox: Any, items: list[dict[str, Any]],
               topo: Topology, timeout: float) -> BatchRun:
-    """Start API and workers, POST `items` as one batch, wait for it to be final, stop everything."""
+    """Start API and workers, POST `items` as one batch, wait for it to be final, stop everything.
+
+    `sandbox` is a FalSandbox or a SandboxProcess (anything with url, jwks_url and ledger).
+    """
     flush_redis(redis_url)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
-    env = orchestrator_env(db_url, redis_url, tmp, api_url, fal_env(sandbox, topo.limit))
+    counters = IoCounters(db_url, redis_url, tmp / "sqlstats")
+    env = counters.env(orchestrator_env(db_url, redis_url, tmp, api_url, fal_env(sandbox, topo.limit)))
     procs = [start_api(env, port, tmp, topo.api_workers, topo.api_threads)]
     try:
         procs += [start_worker(env, f"worker{i + 1}", topo.worker_concurrency, tmp) for i in range(topo.workers)]
+        if topo.beat:
+            procs.append(start_beat(env, tmp))
         token = create_api_key(db_url)
-        cpu0, machine0 = {p.name: p.cpu_seconds() for p in procs}, machine_cpu()
+        time.sleep(0.5)  # let start-up statements reach the counters before the first reading
+        cpu0, machine0, io0 = {p.name: p.cpu_seconds() for p in procs}, machine_cpu(), counters.read()
         try:
             started, wall, batch = submit_and_wait(api_url, token, items, timeout)
         except SystemExit as exc:  # say why before the logs go away with the temporary directory
             raise SystemExit(f"{exc}\n" + "\n".join(p.tail() for p in procs)) from None
         cpu = {p.name: p.cpu_seconds() - cpu0[p.name] for p in procs}
         busy = busy_percent(machine0, machine_cpu())
+        time.sleep(0.5)  # the counter files are rewritten every 0.2 s
+        io1 = counters.read()
     finally:
         for proc in procs:
             proc.stop()
+    io = {k: io1[k] - io0.get(k, 0) for k in io1}
+    io.update(counters.server_diff())
     problems = [f"{p.name}: {line}" for p in procs for line in p.log_problems()]
     tasks: dict[str, list[float]] = {}
     for proc in procs[1:]:
         for name, values in proc.task_seconds().items():
             tasks.setdefault(name, []).extend(values)
-    return BatchRun(started, wall, batch, cpu, busy, problems, tasks)
+    return BatchRun(started, wall, batch, cpu, busy, problems, tasks, io)
+
+
+def start_beat(env: dict[str, str], tmp: Path) -> Proc:
+    """`orchestrator beat` (the sweep scheduler); returns once it has started."""
+    proc = spawn("beat", [sys.executable, "-m", "orchestrator.cli", "beat"], env, tmp)
+    wait_until(lambda: b"beat: Starting" in proc.log.read_bytes(), 60, "beat", proc)
+    return proc
+
+
+HOOKS_DIR = Path(__file__).resolve().parent / "_hooks"
+
+
+class IoCounters:
+    """Round trips of the orchestrator's processes: SQL at the driver, commits at the server, Redis.
+
+    The Postgres here has no pg_stat_statements (it is not preloaded, and the server is shared),
+    so statements are counted in each orchestrator process by bench/_hooks/sitecustomize.py
+    (executes incl. pool pings, implicit BEGINs, COMMITs, ROLLBACKs). Commits and row counters
+    come from pg_stat_database for the scratch database (everything that touched it, the
+    benchmark's own polling included); broker messages and commands from Redis INFO commandstats.
+    """
+
+    def __init__(self, db_url: str, redis_url: str, folder: Path):
+        self.db_url, self.redis_url, self.folder = db_url, redis_url, folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._server0 = self._server()
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        """The orchestrator processes' environment with the counting hook on."""
+        path = os.pathsep.join(p for p in (str(HOOKS_DIR), env.get("PYTHONPATH", "")) if p)
+        return {**env, "BENCH_SQLSTATS_DIR": str(self.folder), "PYTHONPATH": path}
+
+    def read(self) -> dict[str, float]:
+        """Driver-side totals over every process so far, plus Redis command counts."""
+        out: dict[str, float] = {}
+        for path in self.folder.glob("*.json"):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # being replaced right now; the next reading has it
+            for key, value in data.items():
+                out[f"sql_{key}"] = out.get(f"sql_{key}", 0) + value
+        out["sql_statements"] = sum(out.get(f"sql_{k}", 0) for k in ("execute", "begin", "commit", "rollback"))
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
+        out["redis_commands"] = sum(v["calls"] for v in stats.values())
+        # kombu's Redis transport publishes a task with one LPUSH to the queue's list.
+        out["broker_messages"] = sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("lpush", "rpush"))
+        return out
+
+    def _server(self) -> dict[str, float]:
+        name = self.db_url.rsplit("/", 1)[1]
+        engine = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+                row = conn.execute(sa.text(
+                    "SELECT xact_commit, xact_rollback, tup_returned, tup_fetched, tup_inserted, tup_updated, "
+                    "tup_deleted FROM pg_stat_database WHERE datname = :n"), {"n": name}).one()
+        finally:
+            engine.dispose()
+        return {f"pg_{k}": float(v) for k, v in row._mapping.items()}
+
+    def server_diff(self) -> dict[str, float]:
+        """pg_stat_database deltas since construction (read once every backend has gone)."""
+        time.sleep(1.0)  # backends flush their statistics when they exit, at most every second
+        now = self._server()
+        return {k: now[k] - self._server0.get(k, 0) for k in now}
+
+
+class RemoteLedger:
+    """The parts of a sandbox Ledger the benchmarks read, fetched from its admin endpoint."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._snap: dict[str, Any] | None = None
+
+    def refresh(self) -> RemoteLedger:
+        """Fetch a fresh snapshot."""
+        self._snap = httpx.get(f"{self.url}/_sandbox/ledger", timeout=60).json()
+        return self
+
+    @property
+    def snap(self) -> dict[str, Any]:
+        """The last snapshot (fetched on first use)."""
+        return self._snap if self._snap is not None else self.refresh().snap
+
+    @property
+    def submissions(self) -> list[dict[str, Any]]:
+        """Every submission the sandbox saw."""
+        return list(self.snap["submissions"])
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """Webhook attempts only (no uploads)."""
+        return [d for d in self.snap["deliveries"] if d["kind"] == "webhook"]
+
+    def peak_inflight(self) -> int:
+        """Highest concurrent in-flight count of any key."""
+        return max(self.snap["peak_inflight"].values(), default=0)
+
+
+@dataclass
+class SandboxProcess:
+    """`orchestrator sandbox fal` in its own process (its CPU is never counted)."""
+
+    proc: Proc
+    url: str
+
+    @property
+    def jwks_url(self) -> str:
+        """Where the webhook verification keys are published."""
+        return f"{self.url}/.well-known/jwks.json"
+
+    @property
+    def ledger(self) -> RemoteLedger:
+        """A fresh ledger snapshot."""
+        return RemoteLedger(self.url).refresh()
+
+
+@contextmanager
+def fal_sandbox_process(latency: tuple[float, float], concurrency: int, tmp: Path) -> Iterator[SandboxProcess]:
+    """A fresh fal sandbox in a process of its own; quick webhook retries."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "FAL_"))}
+    proc = spawn(f"sandbox-{port}", [sys.executable, "-m", "orchestrator.cli", "sandbox", "fal", f"--port={port}",
+                                     f"--latency-min={latency[0]}", f"--latency-max={latency[1]}", "--seed=7",
+                                     f"--concurrency={concurrency}", "--webhook-backoff=0.5"], env, tmp)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(f"{url}/_sandbox/health"), 60, "the fal sandbox", proc)
+        yield SandboxProcess(proc, url)
+    finally:
+        proc.stop()
 
 
 def submit_and_wait(api_url: str, token: str, items: list[dict[str, Any]],
