@@ -370,10 +370,23 @@ class IoCounters:
         return {f"pg_{k}": float(v) for k, v in row._mapping.items()}
 
     def server_diff(self) -> dict[str, float]:
-        """pg_stat_database deltas since construction (read once every backend has gone)."""
+        """pg_stat_database deltas since construction (read once every backend has gone), plus
+        rows read by sequential and index scans per table (totals: the database is fresh)."""
         time.sleep(1.0)  # backends flush their statistics when they exit, at most every second
         now = self._server()
-        return {k: now[k] - self._server0.get(k, 0) for k in now}
+        out = {k: now[k] - self._server0.get(k, 0) for k in now}
+        engine = sa.create_engine(self.db_url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                for row in conn.execute(sa.text("SELECT relname, seq_scan, seq_tup_read, idx_scan, idx_tup_fetch "
+                                                "FROM pg_stat_user_tables")):
+                    out[f"table_{row.relname}_seq_scan"] = float(row.seq_scan or 0)
+                    out[f"table_{row.relname}_seq_tup_read"] = float(row.seq_tup_read or 0)
+                    out[f"table_{row.relname}_idx_scan"] = float(row.idx_scan or 0)
+                    out[f"table_{row.relname}_idx_tup_fetch"] = float(row.idx_tup_fetch or 0)
+        finally:
+            engine.dispose()
+        return out
 
 
 class RemoteLedger:

@@ -209,6 +209,14 @@ def print_io(opts: Options, ios: list[dict[str, float]]) -> None:
         values = [io.get(key, 0.0) for io in ios]
         rows.append([label, statistics.median(values) / opts.jobs, statistics.median(values)])
     common.print_table(["per job", "count/job", "total"], rows)
+    last = ios[-1]
+    tables = sorted({k[len("table_"):-len("_seq_scan")] for k in last if k.startswith("table_")
+                     and k.endswith("_seq_scan")})
+    rows = [[t, last.get(f"table_{t}_seq_scan", 0) / opts.jobs, last.get(f"table_{t}_seq_tup_read", 0) / opts.jobs,
+             last.get(f"table_{t}_idx_scan", 0) / opts.jobs, last.get(f"table_{t}_idx_tup_fetch", 0) / opts.jobs]
+            for t in tables]
+    print("\nScans per job by table (last run)")
+    common.print_table(["table", "seq scans", "rows seq-read", "index scans", "rows index-fetched"], rows)
 
 
 def print_timeline(result: common.BatchRun, lines: dict[str, common.Timeline]) -> None:

@@ -1,13 +1,16 @@
 """Prometheus metrics, computed from the database so every process and machine agrees.
 
 Gauges (jobs and batches by state, in flight per provider) are counted on scrape; counters
-(provider requests by outcome and status code, storage failures) live in the `counters` table
-and are incremented by workers in the transaction that records what they count.
+(provider requests by outcome and status code, storage failures) live in the `counters` table.
+Rare events are counted in the transaction that records them (`incr`); per-call counts on the
+hot path are summed in memory (`Tally`) and flushed by each worker every second, so no provider
+call waits on the one hot counter row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -32,10 +35,47 @@ HELP = {
 
 def incr(session: Session, name: str, amount: int = 1, **labels: object) -> None:
     """Add to a counter in the caller's transaction."""
-    text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
-    stmt = upsert_insert(session, cast(sa.Table, Counter.__table__)).values(name=name, labels=text, value=amount)
-    session.execute(stmt.on_conflict_do_update(index_elements=["name", "labels"],
-                                               set_={"value": Counter.__table__.c.value + amount}))
+    add_all(session, {(name, label_text(labels)): amount})
+
+
+def label_text(labels: Mapping[str, object]) -> str:
+    """The stored (and exposed) form of a label set."""
+    return ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
+
+
+def add_all(session: Session, amounts: Mapping[tuple[str, str], int]) -> None:
+    """Add to several counters, keyed by (name, label text), in a stable order."""
+    table = cast(sa.Table, Counter.__table__)
+    for (name, text), amount in sorted(amounts.items()):
+        stmt = upsert_insert(session, table).values(name=name, labels=text, value=amount)
+        session.execute(stmt.on_conflict_do_update(index_elements=["name", "labels"],
+                                                   set_={"value": table.c.value + amount}))
+
+
+class Tally:
+    """Counter increments summed in memory until flushed (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._amounts: dict[tuple[str, str], int] = {}
+
+    def add(self, name: str, amount: int = 1, **labels: object) -> None:
+        """Count `amount` more of `name{labels}`."""
+        key = (name, label_text(labels))
+        with self._lock:
+            self._amounts[key] = self._amounts.get(key, 0) + amount
+
+    def drain(self) -> dict[tuple[str, str], int]:
+        """Everything counted since the last drain (and forget it)."""
+        with self._lock:
+            amounts, self._amounts = self._amounts, {}
+        return amounts
+
+    def restore(self, amounts: Mapping[tuple[str, str], int]) -> None:
+        """Put back what a failed flush drained."""
+        with self._lock:
+            for key, amount in amounts.items():
+                self._amounts[key] = self._amounts.get(key, 0) + amount
 
 
 def _escape(value: str) -> str:

@@ -106,6 +106,10 @@ class Job(Base):
         sa.UniqueConstraint("batch_id", "custom_id"),
         sa.UniqueConstraint("batch_id", "position"),
         sa.Index("ix_jobs_due", "state", "provider", "lane", "next_attempt_at"),
+        # Queued jobs only, in claim order ("interactive" sorts after "bulk", hence DESC): a claim
+        # reads exactly the rows it takes, however deep the queue (workers/admission.due_jobs).
+        sa.Index("ix_jobs_claim", "provider", sa.desc(sa.column("lane")), "next_attempt_at", "position",
+                 postgresql_where=sa.text("state = 'queued'"), sqlite_where=sa.text("state = 'queued'")),
         sa.Index("ix_jobs_provider_request_id", "provider", "provider_request_id"),
         sa.Index("ix_jobs_state_updated", "state", "updated_at"),
         # Provider mix per batch and "batches using provider/model X" filters, without reading jobs.

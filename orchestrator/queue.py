@@ -12,8 +12,9 @@ from typing import Any
 
 from celery import Celery
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator import state
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,25 @@ class Publisher:
     def _flush(self, session: Session) -> None:
         for name, args, countdown in session.info.pop("outbox", []):
             self.send(name, *args, countdown=countdown)
+
+    def watch(self, factory: sessionmaker[Session]) -> None:
+        """Publish the consequences of every transition committed by `factory`'s sessions.
+
+        Used where no worker runs the claim itself (the API): a freed slot or a due job becomes
+        a claim nudge, a finished batch its completion notice (see state.Outbox).
+        """
+        event.listen(factory, "after_commit", lambda session: self.publish_outbox(state.take_outbox(session)))
+        event.listen(factory, "after_rollback", state.drop_outbox)
+
+    def publish_outbox(self, box: state.Outbox) -> None:
+        """Send the messages a committed outbox calls for."""
+        for batch_id in sorted(box.finished):
+            self.send(NOTIFY_BATCH, str(batch_id))
+        for job_id in sorted(box.storing):
+            self.send(STORE_JOB, str(job_id))
+        for provider in sorted(box.freed | set(box.due)):
+            delay = 0.0 if provider in box.freed else box.due[provider]
+            self.send(DISPATCH, provider, countdown=min(300.0, delay) or None)
 
     def close(self) -> None:
         """Release broker connections."""

@@ -5,19 +5,27 @@ applies it with a conditional UPDATE (so a late or duplicate event that lost a r
 nothing), appends the job's timeline event, and shifts the batch counters and batch state in
 the same transaction. A batch takes its final state exactly once: the UPDATE that sets it is
 conditional on the batch not being final yet.
+
+It also owns the consequences of a transition, recorded in one outbox on the session (see
+`Outbox`): a job leaving the in-flight states frees a provider slot (a claim round follows),
+a job re-queued for later is due again at a known time, a job whose results arrived is to be
+stored, and a batch reaching its end owes its completion notice. Whoever commits the session
+acts on the outbox after the commit (the workers' context; the API through
+`queue.Publisher.watch`), so no caller has to remember any of it.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from orchestrator.db import utcnow
 from orchestrator.models import Batch, BatchState, Job, JobEvent, JobState
@@ -27,6 +35,8 @@ OK, FAIL, CXL = JobState.succeeded, JobState.failed, JobState.cancelled
 
 TERMINAL = frozenset({OK, FAIL, CXL})
 ACTIVE = frozenset({Q, SI, SD, ST})
+# A provider account's slot is taken from claim (submitting) until the provider has answered.
+IN_FLIGHT = frozenset({SI, SD})
 FINAL_BATCH = frozenset({BatchState.succeeded, BatchState.partially_failed, BatchState.failed,
                          BatchState.cancelled})
 
@@ -49,13 +59,57 @@ class InvalidTransition(Exception):
     """A move the state table forbids."""
 
 
+@dataclass
+class Outbox:
+    """Consequences of this session's transitions, acted on once it commits (dropped on rollback).
+
+    freed: providers whose in-flight count went down (a claim round should follow at once).
+    due: provider -> seconds until a job re-queued in this transaction is due again.
+    storing: jobs whose results arrived (their store step follows).
+    finished: batches that took their final state (each owes a completion notice).
+    """
+
+    freed: set[str] = field(default_factory=set)
+    due: dict[str, float] = field(default_factory=dict)
+    storing: set[uuid.UUID] = field(default_factory=set)
+    finished: set[uuid.UUID] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.freed or self.due or self.storing or self.finished)
+
+    def queued(self, provider: str, delay: float) -> None:
+        """A job of `provider` is due again in `delay` seconds."""
+        delay = max(0.0, delay)
+        self.due[provider] = min(delay, self.due.get(provider, delay))
+
+
+OUTBOX_KEY = "state_outbox"
+
+
+def outbox(session: Session) -> Outbox:
+    """This session's outbox (created on first use)."""
+    box = session.info.get(OUTBOX_KEY)
+    if box is None:
+        box = session.info[OUTBOX_KEY] = Outbox()
+    return box
+
+
+def take_outbox(session: Session) -> Outbox:
+    """The outbox of the transaction that just committed, forgotten by the session."""
+    return session.info.pop(OUTBOX_KEY, None) or Outbox()
+
+
+def drop_outbox(session: Session) -> None:
+    """Forget the consequences of a transaction that rolled back."""
+    session.info.pop(OUTBOX_KEY, None)
+
+
 @dataclass(frozen=True)
 class Transition:
     """What happened when a transition was attempted."""
 
     applied: bool
     from_state: JobState | None
-    batch_final: BatchState | None = None
 
 
 def check(from_state: JobState, to_state: JobState, reason: str | None = None) -> None:
@@ -78,6 +132,7 @@ def transition(
     values: dict[str, Any] | None = None,
     cost: Decimal | None = None,
     where: Iterable[sa.ColumnElement[bool]] = (),
+    attempt: int | None = None,
 ) -> Transition:
     """Move one job to `to_state` if allowed; a disallowed or lost move changes nothing.
 
@@ -85,21 +140,23 @@ def transition(
     `where` adds conditions on the job row, checked under its row lock together with the state,
     so a decision made from columns (the attempt, the submit intent) cannot act on a job that
     changed since it was read.
-    `values` are extra job columns to set in the same UPDATE.
+    `values` are extra job columns to set in the same UPDATE. `attempt`, when given, must be
+    the job's current attempt.
     """
     guard = list(where)
     row = session.execute(
-        sa.select(Job.state, Job.batch_id, Job.attempt).where(Job.id == job_id, *guard).with_for_update()
+        sa.select(Job.state, Job.batch_id, Job.attempt, Job.provider).where(Job.id == job_id, *guard)
+        .with_for_update()
     ).one_or_none()
     if row is None:
         return Transition(False, None)
-    current, batch_id, attempt = JobState(row.state), row.batch_id, row.attempt
+    current, batch_id = JobState(row.state), row.batch_id
     allowed_from = set(expect) if expect is not None else set(JobState)
     try:
         check(current, to_state, reason)
     except InvalidTransition:
         return Transition(False, current)
-    if current not in allowed_from:
+    if current not in allowed_from or (attempt is not None and attempt != row.attempt):
         return Transition(False, current)
     now = utcnow()
     updates: dict[str, Any] = {"state": to_state, "updated_at": now, **(values or {})}
@@ -115,22 +172,41 @@ def transition(
     event_detail = dict(detail or {})
     if reason:
         event_detail["reason"] = reason
-    session.add(JobEvent(job_id=job_id, kind=kind, attempt=updates.get("attempt", attempt),
+    session.add(JobEvent(job_id=job_id, kind=kind, attempt=updates.get("attempt", row.attempt),
                          from_state=current.value, to_state=to_state.value, detail=event_detail))
-    final = shift_counts(session, batch_id, {current: -1, to_state: +1}, cost=cost, now=now)
-    return Transition(True, current, final)
+    _note_consequences(session, job_id, current, to_state, row.provider, updates, now)
+    shift_counts(session, batch_id, {current: -1, to_state: +1}, cost=cost, now=now)
+    return Transition(True, current)
 
 
-def claim(session: Session, job_ids: list[uuid.UUID], now: datetime, provider: str) -> list[tuple[uuid.UUID, int]]:
-    """Move row-locked queued jobs to submitting in one statement; returns (job id, new attempt).
+def _note_consequences(session: Session, job_id: uuid.UUID, current: JobState, to_state: JobState, provider: str,
+                       updates: Mapping[str, Any], now: datetime) -> None:
+    box = outbox(session)
+    if current in IN_FLIGHT and to_state not in IN_FLIGHT:
+        box.freed.add(provider)
+    if to_state is ST:
+        box.storing.add(job_id)
+    if to_state is Q:
+        due = updates.get("next_attempt_at")
+        box.queued(str(updates.get("provider", provider)), (due - now).total_seconds() if due else 0.0)
 
-    The bulk form of queued -> submitting, so a claimer holds its account lock briefly: one
-    UPDATE, one batch of timeline rows, one counter update per batch.
+
+def claim(session: Session, due: sa.Select[Any] | list[uuid.UUID], now: datetime,
+          provider: str) -> list[tuple[uuid.UUID, int]]:
+    """Move queued jobs to submitting in one statement; returns (job id, new attempt).
+
+    `due` is a query of job ids (admission's claim-order query) or a list of ids. The bulk form
+    of queued -> submitting, so a claimer holds its account lock briefly: one UPDATE (which
+    re-checks `queued` under each row's lock, so a job a concurrent cancel took is skipped),
+    one batch of timeline rows, one counter update per batch.
     """
-    if not job_ids:
+    if isinstance(due, list) and not due:
         return []
+    # A CTE, not `IN (subquery)`: Postgres may rescan a locking subquery once per outer row,
+    # and each rescan skips the rows this statement already updated and locks further ones.
+    picked = Job.id == due.cte("due").c.id if isinstance(due, sa.Select) else Job.id.in_(due)
     rows = session.execute(
-        sa.update(Job).where(Job.id.in_(job_ids), Job.state == Q)
+        sa.update(Job).where(picked, Job.state == Q)
         .values(state=SI, attempt=Job.attempt + 1, updated_at=now, submit_started_at=None, task_id=None,
                 provider_request_id=None, provider_meta={}, submitted_at=None)
         .returning(Job.id, Job.attempt, Job.batch_id).execution_options(synchronize_session=False)
@@ -153,56 +229,115 @@ def record(session: Session, job_id: uuid.UUID, kind: str, attempt: int = 0, **d
     session.add(JobEvent(job_id=job_id, kind=kind, attempt=attempt, detail=detail))
 
 
+COUNT_COLUMNS = tuple(f"count_{state.value}" for state in JobState)
+PENDING_KEY = "state_pending_counts"
+
+
+@dataclass
+class _Pending:
+    delta: dict[JobState, int] = field(default_factory=dict)
+    cost: Decimal = Decimal(0)
+
+
 def shift_counts(
     session: Session,
     batch_id: uuid.UUID,
     delta: Mapping[JobState, int],
     *,
     cost: Decimal | None = None,
-    now: datetime | None = None,
-) -> BatchState | None:
-    """Apply counter deltas to a batch, update its state, and finish it if nothing is active.
+    now: datetime | None = None,  # kept for callers; the counters are applied at commit time
+) -> None:
+    """Add counter deltas to a batch, applied (with its state changes) just before the commit.
 
-    Returns the batch's final state when this call is the one that finished it.
+    The batch row is the one row every transition of the batch touches, so its lock is taken
+    as late as possible: the deltas of the whole transaction are summed here and written by one
+    UPDATE ... RETURNING right before COMMIT (`flush_counts`), which also moves the batch to
+    running and, exactly once, to its final state. A read of batches in the same transaction
+    applies them first, so nothing ever sees stale counters.
     """
-    now = now or utcnow()
-    values: dict[str, Any] = {
-        f"count_{state.value}": getattr(Batch, f"count_{state.value}") + n
-        for state, n in delta.items() if n
-    }
+    pending: dict[uuid.UUID, _Pending] = session.info.setdefault(PENDING_KEY, {})
+    entry = pending.setdefault(batch_id, _Pending())
+    for state_, n in delta.items():
+        entry.delta[state_] = entry.delta.get(state_, 0) + n
     if cost:
-        values["cost"] = Batch.cost + cost
+        entry.cost += cost
+
+
+def flush_counts(session: Session) -> None:
+    """Write the pending counter deltas, one UPDATE per batch in a stable order (no lock cycles)."""
+    pending: dict[uuid.UUID, _Pending] | None = session.info.pop(PENDING_KEY, None)
+    if not pending:
+        return
+    now = utcnow()
+    for batch_id in sorted(pending):
+        _apply_counts(session, batch_id, pending[batch_id], now)
+
+
+def _apply_counts(session: Session, batch_id: uuid.UUID, entry: _Pending, now: datetime) -> None:
+    table = Batch.__table__
+    values: dict[str, Any] = {
+        f"count_{state_.value}": table.c[f"count_{state_.value}"] + n for state_, n in entry.delta.items() if n
+    }
+    if entry.cost:
+        values["cost"] = table.c.cost + entry.cost
+    returning = [table.c.state, table.c.total, *(table.c[name] for name in COUNT_COLUMNS)]
     if values:
-        session.execute(sa.update(Batch).where(Batch.id == batch_id).values(**values))
-    batch = session.execute(
-        sa.select(Batch).where(Batch.id == batch_id).execution_options(populate_existing=True)
-    ).scalar_one()
-    if batch.state is BatchState.queued and batch.count_queued < batch.total:
+        row = session.execute(sa.update(table).where(table.c.id == batch_id).values(**values)
+                              .returning(*returning)).one()
+    else:
+        row = session.execute(sa.select(*returning).where(table.c.id == batch_id)).one()
+    _expire_loaded(session, batch_id)
+    counts = {name: getattr(row, name) for name in COUNT_COLUMNS}
+    if BatchState(row.state) is BatchState.queued and counts["count_queued"] < row.total:
         session.execute(sa.update(Batch).where(Batch.id == batch_id, Batch.state == BatchState.queued)
                         .values(state=BatchState.running, started_at=now))
-    return _finish_if_done(session, batch, now)
+    _finish_if_done(session, batch_id, row.total, counts, now)
 
 
-def _finish_if_done(session: Session, batch: Batch, now: datetime) -> BatchState | None:
-    active = batch.count_queued + batch.count_submitting + batch.count_submitted + batch.count_storing
-    if active or batch.total == 0:
+def _expire_loaded(session: Session, batch_id: uuid.UUID) -> None:
+    """A Batch object this session already holds is stale now: reload it on next access."""
+    loaded = session.identity_map.get(session.identity_key(Batch, batch_id))  # type: ignore[arg-type]
+    if loaded is not None:
+        session.expire(loaded)
+
+
+def _finish_if_done(session: Session, batch_id: uuid.UUID, total: int, counts: Mapping[str, int],
+                    now: datetime) -> BatchState | None:
+    active = sum(counts[f"count_{state_.value}"] for state_ in ACTIVE)
+    if active or total == 0:
         return None
-    final = final_state(batch.count_succeeded, batch.count_failed, batch.count_cancelled)
+    final = final_state(counts["count_succeeded"], counts["count_failed"], counts["count_cancelled"])
     done = session.execute(
         sa.update(Batch)
-        .where(Batch.id == batch.id, Batch.state.not_in(FINAL_BATCH))
+        .where(Batch.id == batch_id, Batch.state.not_in(FINAL_BATCH))
         .values(state=final, completed_at=now, completion_round=Batch.completion_round + 1)
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    # Whoever commits this session announces the completion (see finished_batches()).
-    session.info.setdefault("finished_batches", set()).add(batch.id)
+    _expire_loaded(session, batch_id)
+    outbox(session).finished.add(batch_id)  # its completion notice follows the commit
     return final
 
 
-def finished_batches(session: Session) -> set[uuid.UUID]:
-    """Batches that took their final state in this session's transaction (and forget them)."""
-    return session.info.pop("finished_batches", set())
+@event.listens_for(Session, "before_commit")
+def _counts_before_commit(session: Session) -> None:
+    if session.info.get(PENDING_KEY):
+        session.flush()  # everything else first: the batch row is locked only for the last statement
+        flush_counts(session)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _counts_before_batch_read(orm_execute_state: ORMExecuteState) -> None:
+    session = orm_execute_state.session
+    if session.info.get(PENDING_KEY) and orm_execute_state.is_select and any(
+            m.class_ is Batch for m in orm_execute_state.all_mappers):
+        flush_counts(session)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_after_rollback(session: Session) -> None:
+    session.info.pop(PENDING_KEY, None)
+    drop_outbox(session)
 
 
 def final_state(succeeded: int, failed: int, cancelled: int) -> BatchState:
@@ -228,7 +363,7 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> tuple[int, list[uuid.
     # Lock the job rows first (same order as transition(): jobs, then the batch) and read
     # their states, so the counter deltas are exact even with workers racing us.
     rows = session.execute(
-        sa.select(Job.id, Job.state, Job.attempt, Job.provider_request_id)
+        sa.select(Job.id, Job.state, Job.attempt, Job.provider_request_id, Job.provider)
         .where(Job.batch_id == batch_id, Job.state.in_(cancellable))
         .with_for_update()
     ).all()
@@ -249,6 +384,8 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> tuple[int, list[uuid.
     delta: dict[JobState, int] = {CXL: len(rows)}
     for r in rows:
         delta[JobState(r.state)] = delta.get(JobState(r.state), 0) - 1
+        if JobState(r.state) in IN_FLIGHT:
+            outbox(session).freed.add(r.provider)
     shift_counts(session, batch_id, delta, now=now)
     return len(rows), [r.id for r in rows if r.provider_request_id and r.state is not Q]
 
@@ -264,11 +401,13 @@ def retry_failed(session: Session, batch_id: uuid.UUID) -> int:
         .where(Job.batch_id == batch_id, Job.state == FAIL)
         .values(state=Q, retries=0, next_attempt_at=now, error_code=None, error_message=None,
                 completed_at=None, updated_at=now)
-        .returning(Job.id, Job.attempt)
+        .returning(Job.id, Job.attempt, Job.provider)
         .execution_options(synchronize_session=False)
     ).all()
     if not rows:
         return 0
+    for r in rows:
+        outbox(session).queued(r.provider, 0.0)
     session.execute(sa.insert(JobEvent), [
         {"job_id": r.id, "kind": "retry_requested", "attempt": r.attempt, "from_state": FAIL.value,
          "to_state": Q.value, "detail": {"reason": "retry requested by user"}, "created_at": now}

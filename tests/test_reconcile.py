@@ -114,7 +114,11 @@ def test_concurrent_duplicate_fal_deliveries_apply_once(ctx: Context, sessions: 
         assert s.scalar(sa.select(sa.func.count()).select_from(JobEvent).where(
             JobEvent.kind == "result_received")) == 1
         batch = s.scalars(sa.select(Batch)).one()
-        assert batch.count_storing == 1 and batch.count_submitted == 0
+        # Applied once, and the store step followed in the same worker, no broker round trip:
+        # the image server has no such file, so the job failed there.
+        assert batch.count_failed == 1 and batch.count_storing == 0 and batch.count_submitted == 0
+        job_row = s.get(Job, job_id)
+        assert job_row is not None and job_row.error_code in ("download_failed", "result_expired")
         assert all(d.processed_at for d in s.scalars(sa.select(Delivery)))
 
 
@@ -137,7 +141,8 @@ def test_runware_images_collected_by_uuid_under_races(ctx: Context, sessions: se
         assert [a.index for a in assets] == [0, 1, 2]
         assert sorted(a.provider_image_id or "" for a in assets) == ["img-0", "img-1", "img-2"]
         job_row = s.get(Job, job_id)
-        assert job_row is not None and job_row.state is JobState.storing and float(job_row.cost or 0) == 0.003
+        assert job_row is not None and float(job_row.cost or 0) == 0.003
+        assert job_row.state is JobState.failed  # stored at once: the image server has no such files
 
 
 @pytest.mark.parametrize(("body", "code"), [

@@ -83,11 +83,13 @@ def test_terminal_is_final_and_late_events_change_nothing(session: Session) -> N
 ])
 def test_batch_final_state(session: Session, finals: list[JobState], expected: BatchState) -> None:
     batch, jobs = make_batch(session, [S.storing, S.storing])
-    results = [state.transition(session, j.id, f, kind="end") for j, f in zip(jobs, finals, strict=True)]
-    assert results[0].batch_final is None
-    assert results[1].batch_final is expected
+    assert state.transition(session, jobs[0].id, finals[0], kind="end").applied
+    session.refresh(batch)
+    assert batch.state is BatchState.running and not state.outbox(session).finished
+    assert state.transition(session, jobs[1].id, finals[1], kind="end").applied
     session.refresh(batch)
     assert batch.state is expected and batch.completion_round == 1 and batch.completed_at is not None
+    assert state.outbox(session).finished == {batch.id}  # its completion notice is queued
 
 
 def test_cost_accumulates_on_batch(session: Session) -> None:
@@ -113,7 +115,9 @@ def test_cancel_batch_cancels_unfinished_but_not_storing(session: Session) -> No
     assert count == 3 and at_provider == [jobs[2].id]
     _counts_match(session, batch)
     assert batch.state is BatchState.running  # the storing job still finishes
-    assert state.transition(session, jobs[3].id, S.succeeded, kind="stored").batch_final is BatchState.cancelled
+    assert state.transition(session, jobs[3].id, S.succeeded, kind="stored").applied
+    session.refresh(batch)
+    assert batch.state is BatchState.cancelled and state.outbox(session).finished == {batch.id}
 
 
 def test_retry_failed_requeues_only_failed_and_reopens(session: Session) -> None:

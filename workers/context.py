@@ -1,20 +1,31 @@
 """Per-process resources for tasks: settings, database, broker publisher, adapters, storage.
 
 Built lazily on first use in each worker process (after the fork), never at import time.
+
+A unit of work (`Context.session()`) acts on its transaction's consequences once it has
+committed (see state.Outbox): a freed slot is refilled at once by this same thread (claim and
+submit, no broker message), a job due later gets a timed claim nudge, and a finished batch its
+completion notice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import httpx
+from celery import current_app
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import queue, state
+from orchestrator import metrics, queue, state
 from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.netpolicy import AddressPolicy, guarded_client
 from orchestrator.providers.base import ProviderAdapter
@@ -24,6 +35,26 @@ from orchestrator.settings import Settings, get_settings
 from orchestrator.storage.base import Storage
 from orchestrator.storage.factory import storage_from_url
 
+log = logging.getLogger(__name__)
+MAX_COUNTDOWN = 300.0
+TALLY_FLUSH_SECONDS = 1.0
+SlotHandler = Callable[["Context", str], None]
+StoreHandler = Callable[["Context", uuid.UUID], None]
+_slot_handlers: list[SlotHandler] = []
+_store_handlers: list[StoreHandler] = []
+
+
+def on_slot_freed(handler: SlotHandler) -> SlotHandler:
+    """Register what a worker does when its transaction freed a provider slot (dispatch.refill)."""
+    _slot_handlers.append(handler)
+    return handler
+
+
+def on_results_arrived(handler: StoreHandler) -> StoreHandler:
+    """Register what a worker does when its transaction moved a job to storing (storage.store_now)."""
+    _store_handlers.append(handler)
+    return handler
+
 
 @dataclass
 class Context:
@@ -31,11 +62,29 @@ class Context:
 
     settings: Settings
     _adapters: dict[str, ProviderAdapter] = field(default_factory=dict)
+    _local: threading.local = field(default_factory=threading.local)
+    _flusher: threading.Thread | None = None
 
     @cached_property
     def engine(self) -> Engine:
-        """The process's engine (small pool: tasks run one at a time per process)."""
-        return make_engine(self.settings.resolved_database_url)
+        """The process's engine: one pooled connection per worker thread, kept open.
+
+        A pool smaller than the threads opens and closes connections all the time; a connection
+        per thread (plus a few for the metrics flusher and stragglers) is reused for good.
+        """
+        threads = max(self.settings.worker_concurrency, int(current_app.conf.worker_concurrency or 0))
+        return make_engine(self.settings.resolved_database_url, pool_size=threads + 2, max_overflow=2)
+
+    @cached_property
+    def tally(self) -> metrics.Tally:
+        """Counters aggregated in memory and flushed to the counters table every second."""
+        self._start_flusher()
+        return metrics.Tally()
+
+    @cached_property
+    def submit_pool(self) -> ThreadPoolExecutor:
+        """Threads for the concurrent provider calls of one claim round (HTTP only, no database)."""
+        return ThreadPoolExecutor(max_workers=16, thread_name_prefix="submit")
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
@@ -84,18 +133,85 @@ class Context:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One short unit of work."""
+        """One short unit of work; its transaction's consequences follow the commit."""
         with session_scope(self.sessions) as s:
             yield s
-            for batch_id in state.finished_batches(s):
-                self.publisher.after_commit(s, queue.NOTIFY_BATCH, str(batch_id))
+        box = state.take_outbox(s)
+        if box:
+            self._follow(box)
+
+    def _follow(self, box: state.Outbox) -> None:
+        for batch_id in sorted(box.finished):
+            self.publisher.send(queue.NOTIFY_BATCH, str(batch_id))
+        now = set(box.freed) | {provider for provider, delay in box.due.items() if delay <= 0}
+        for provider, delay in sorted(box.due.items()):
+            if delay > 0:
+                self.publisher.send(queue.DISPATCH, provider, countdown=min(MAX_COUNTDOWN, delay))
+        if not _slot_handlers:  # a process without dispatch loaded: leave it to a worker
+            for provider in sorted(now):
+                self.publisher.send(queue.DISPATCH, provider)
+        elif now:
+            self._refill(now)  # keep the provider pipe full first ...
+        for job_id in sorted(box.storing):  # ... then copy the images out
+            if not _store_handlers:
+                self.publisher.send(queue.STORE_JOB, str(job_id))
+            for handler in _store_handlers:
+                handler(self, job_id)
+
+    def _refill(self, providers: set[str]) -> None:
+        """Run the slot handlers now; a refill freeing more slots is queued, not nested."""
+        pending: set[str] | None = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.update(providers)
+            return
+        self._local.pending = pending = set(providers)
+        try:
+            while pending:
+                provider = min(pending)
+                pending.discard(provider)
+                try:
+                    for handler in _slot_handlers:
+                        handler(self, provider)
+                except Exception:  # the freeing work is committed; a nudge retries the claim
+                    log.exception("refill failed", extra={"provider": provider})
+                    self.publisher.send(queue.DISPATCH, provider)
+        finally:
+            self._local.pending = None
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_loop, name="tally-flush", daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(TALLY_FLUSH_SECONDS)
+            self.flush_tally()
+
+    def flush_tally(self) -> None:
+        """Write the in-memory counters to the database (kept for the next try if that fails)."""
+        tally = self.__dict__.get("tally")
+        if tally is None:
+            return
+        drained = tally.drain()
+        if not drained:
+            return
+        try:
+            with session_scope(self.sessions) as s:
+                metrics.add_all(s, drained)
+        except Exception:
+            tally.restore(drained)
+            log.warning("metrics flush failed; will retry")
 
     def close(self) -> None:
         """Release pools (worker shutdown, tests)."""
+        self.flush_tally()
         for name in ("engine", "http", "callback_http", "download_http", "publisher"):
             if name in self.__dict__:
                 resource = self.__dict__.pop(name)
                 getattr(resource, "dispose", getattr(resource, "close", lambda: None))()
+        if "submit_pool" in self.__dict__:
+            self.__dict__.pop("submit_pool").shutdown(wait=False)
         self.__dict__.pop("sessions", None)
 
 

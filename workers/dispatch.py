@@ -9,14 +9,16 @@ settles it. A job claimed but without the intent never left us and is safely re-
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import sqlalchemy as sa
 from celery import shared_task
 
-from orchestrator import catalog, metrics, queue, state
+from orchestrator import catalog, queue, state
 from orchestrator.binding import held_deliveries
 from orchestrator.callbacks import callback_url
 from orchestrator.db import utcnow
@@ -28,7 +30,7 @@ from orchestrator.providers.errors import PermanentProviderError, ProviderError,
 from orchestrator.providers.registry import PROVIDERS
 from workers import admission
 from workers import failover as failover_jobs
-from workers.context import Context, ctx
+from workers.context import Context, ctx, on_slot_freed
 
 log = logging.getLogger(__name__)
 # Nudges scheduled in the broker stay far below Redis's visibility timeout (see queue.py).
@@ -43,16 +45,66 @@ def dispatch_due(provider: str | None = None) -> int:
     return sum(dispatch_provider(ctx(), p) for p in ([provider] if provider else PROVIDERS))
 
 
-def dispatch_provider(c: Context, provider: str) -> int:
-    """One claim round for one provider account."""
+def dispatch_provider(c: Context, provider: str, *, wait: bool = False) -> int:
+    """One claim round for one provider account; this thread submits what it claimed."""
+    claimed = claim_round(c, provider, wait=wait)
+    submit_claimed(c, claimed)
+    return len(claimed)
+
+
+def claim_round(c: Context, provider: str, *, wait: bool = False) -> list[tuple[uuid.UUID, int]]:
+    """Claim what the account's limits allow, in one short transaction.
+
+    `wait` queues behind a concurrent claimer's account lock instead of skipping: a worker that
+    has just freed a slot uses it, since the holder may have counted before that slot was free.
+    """
     with c.session() as session:
-        result = admission.claim(session, c.settings, provider, utcnow())
-        for job_id, attempt in result.jobs:
-            c.publisher.after_commit(session, queue.SUBMIT_JOB, str(job_id), attempt)
+        result = admission.claim(session, c.settings, provider, utcnow(), wait=wait)
         if result.retry_in is not None:
             c.publisher.after_commit(session, queue.DISPATCH, provider,
                                      countdown=min(MAX_COUNTDOWN, result.retry_in))
-    return len(result.jobs)
+    return result.jobs
+
+
+def submit_claimed(c: Context, claimed: list[tuple[uuid.UUID, int]]) -> dict[uuid.UUID, str]:
+    """Submit a claim round's jobs concurrently (one pooled HTTP client), no broker message between."""
+    if len(claimed) <= 1:
+        return {job_id: submit(c, job_id, attempt) for job_id, attempt in claimed}
+    futures = {job_id: c.submit_pool.submit(submit, c, job_id, attempt) for job_id, attempt in claimed}
+    return {job_id: future.result() for job_id, future in futures.items()}
+
+
+@dataclass
+class _Refill:
+    """Per process and provider: one thread claims at a time, others leave it a note."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    again: bool = False
+
+
+_refills: dict[str, _Refill] = {provider: _Refill() for provider in PROVIDERS}
+
+
+@on_slot_freed
+def refill(c: Context, provider: str) -> None:
+    """A transition freed a slot of `provider` in this thread's transaction: claim and submit now.
+
+    Threads of one process that free slots at the same moment do not queue on the account row
+    one behind the other: the first claims (again, as long as others left a note while it did),
+    the rest return at once. Its claims are submitted after the lock is released.
+    """
+    slot = _refills.setdefault(provider, _Refill())
+    slot.again = True
+    claimed: list[tuple[uuid.UUID, int]] = []
+    while slot.again:
+        if not slot.lock.acquire(blocking=False):
+            break  # the holder sees the note and claims once more
+        try:
+            slot.again = False
+            claimed += claim_round(c, provider, wait=True)
+        finally:
+            slot.lock.release()
+    submit_claimed(c, claimed)
 
 
 @shared_task(name=queue.SUBMIT_JOB, **TASK_OPTS)
@@ -90,10 +142,8 @@ def submit(c: Context, job_id: uuid.UUID, attempt: int) -> str:
 
 
 def count_call(c: Context, provider: str, outcome: str, code: object) -> None:
-    """Count a submit for /metrics in a transaction of its own (one hot row, held for a moment)."""
-    with c.session() as session:
-        metrics.incr(session, "orchestrator_provider_requests_total", provider=provider, call="submit",
-                     outcome=outcome, code=code)
+    """Count a submit for /metrics in memory (flushed every second; no hot counter row per call)."""
+    c.tally.add("orchestrator_provider_requests_total", provider=provider, call="submit", outcome=outcome, code=code)
 
 
 def build_request(c: Context, job: Job) -> SubmitRequest:
@@ -163,7 +213,6 @@ def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderErro
         if isinstance(exc, PermanentProviderError):
             state.transition(session, job_id, JobState.failed, kind="failed", detail=detail,
                              values={"error_code": exc.code or "provider_rejected", "error_message": exc.message})
-            kick(c, session, job.provider)
             return "failed"
         if exc.code in UNKNOWN_OUTCOME:
             # The request may have been received: never resend blindly. The callback, or the
@@ -186,7 +235,6 @@ def retry_or_fail(c: Context, session: sa.orm.Session, job: Job, exc: ProviderEr
         state.transition(session, job.id, JobState.failed, kind="failed", detail=detail,
                          values={"error_code": exc.code or "provider_error",
                                  "error_message": f"gave up after {job.retries + 1} attempts: {exc.message}"})
-        kick(c, session, job.provider)
         return "failed"
     if breaker_open:
         # Every queued alias job leaves this provider now, not after the breaker's cooldown.
@@ -216,9 +264,7 @@ def requeue(c: Context, session: sa.orm.Session, job: Job, reason: str, delay: f
     moved = state.transition(session, job.id, JobState.queued, kind=kind, reason=reason,
                              detail={**detail, "delay_seconds": round(delay, 2)}, values=values,
                              expect=expect, where=where)
-    if moved.applied:
-        c.publisher.after_commit(session, queue.DISPATCH, job.provider, countdown=min(MAX_COUNTDOWN, delay))
-        kick(c, session, job.provider)
+    # The state module queues the claim round for when it is due (and one now if a slot freed).
     return "requeued" if moved.applied else "unchanged"
 
 
@@ -233,7 +279,9 @@ def failover(session: sa.orm.Session, job: Job, reason: str, prices: Mapping[str
 
 
 def kick(c: Context, session: sa.orm.Session, provider: str) -> None:
-    """A slot may have freed up: run a claim round after this transaction commits."""
+    """Jobs were moved to another provider's queue: run its claim round after this commit.
+
+    (A freed slot needs no kick: the state module's outbox runs the claim round.)"""
     c.publisher.after_commit(session, queue.DISPATCH, provider)
 
 

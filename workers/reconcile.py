@@ -23,7 +23,7 @@ from orchestrator.providers.base import ImageRef, Outcome
 from orchestrator.providers.errors import NotFound, ProviderError, TransientProviderError
 from workers import admission
 from workers.context import Context
-from workers.dispatch import kick, retry_or_fail
+from workers.dispatch import retry_or_fail
 
 WAITING = (JobState.submitting, JobState.submitted)
 
@@ -86,12 +86,11 @@ def _adopt(c: Context, session: Session, job: Job, attempt: int, outcome: Outcom
                                      "superseded_attempt": later, "request_id": outcome.request_id})
     if not moved.applied:
         return "unchanged"
-    c.publisher.after_commit(session, queue.STORE_JOB, str(job.id))
+    # storing: the outbox has this worker refill the slot and store the images after the commit
     request_id, meta = superseded
     if request_id and request_id != outcome.request_id:
         # The later attempt reached the provider: ask it to drop that request (fal; a no-op on Runware).
         c.publisher.after_commit(session, queue.CANCEL_AT_PROVIDER, str(job.id), request_id, meta)
-    kick(c, session, job.provider)
     return f"adopted attempt {attempt}"
 
 
@@ -116,12 +115,11 @@ def _collect(c: Context, session: Session, job: Job, outcome: Outcome, source: s
     if cost is None:
         # fal (like the real one) reports no cost: price each image from the table.
         cost, cost_source = _price_assets(session, job, c.settings.price_table()), "priced"
-    moved = state.transition(session, job.id, JobState.storing, kind="result_received", expect=WAITING,
-                             detail={"source": source, "images": have}, cost=cost,
-                             values={"callback_at": utcnow(), "cost_source": cost_source})
-    if moved.applied:
-        c.publisher.after_commit(session, queue.STORE_JOB, str(job.id))
-        kick(c, session, job.provider)
+    # Entering `storing` frees the slot and queues the store step (state.Outbox): this worker
+    # refills the slot and stores the images right after the commit.
+    state.transition(session, job.id, JobState.storing, kind="result_received", expect=WAITING,
+                     detail={"source": source, "images": have}, cost=cost,
+                     values={"callback_at": utcnow(), "cost_source": cost_source})
     return "storing"
 
 
@@ -166,12 +164,10 @@ def _failed(c: Context, session: Session, job: Job, error: ProviderError | None,
         # again, so the job fails cleanly and a user's retry decides.
         state.transition(session, job.id, JobState.failed, kind="failed", detail={**detail, "retryable": True},
                          values={"error_code": "result_expired", "error_message": error.message})
-        kick(c, session, job.provider)
         return "failed: result expired"
     if not error.retry_job:
         state.transition(session, job.id, JobState.failed, kind="failed", detail=detail,
                          values={"error_code": error.code or "generation_failed", "error_message": error.message})
-        kick(c, session, job.provider)
         return "failed"
     opened = admission.breaker_open(session, job.provider, utcnow()) if error.retry_call else False
     return retry_or_fail(c, session, job, error, detail, breaker_open=opened,

@@ -30,8 +30,8 @@ from orchestrator.storage.images import (
     upload,
     verify_image,
 )
-from workers.context import Context, ctx
-from workers.dispatch import TASK_OPTS, kick
+from workers.context import Context, ctx, on_results_arrived
+from workers.dispatch import TASK_OPTS
 
 log = logging.getLogger(__name__)
 PRESIGN_SECONDS = 900
@@ -78,6 +78,21 @@ def store_job(self, job_id: str) -> str:
 
 class TransientStoreError(Exception):
     """A download or upload failed in a way worth retrying."""
+
+
+@on_results_arrived
+def store_now(c: Context, job_id: uuid.UUID) -> None:
+    """Results arrived in this worker's transaction: store them at once, in this thread.
+
+    A transient failure hands the job to the store_job task, which retries with backoff.
+    """
+    try:
+        store(c, job_id)
+    except TransientStoreError:
+        c.publisher.send(queue.STORE_JOB, str(job_id), countdown=1.0)
+    except Exception:
+        log.exception("store failed; handing it to the store task", extra={"job_id": str(job_id)})
+        c.publisher.send(queue.STORE_JOB, str(job_id), countdown=1.0)
 
 
 def store(c: Context, job_id: uuid.UUID) -> str:
@@ -200,10 +215,7 @@ def _give_up(c: Context, job_id: uuid.UUID, problem: tuple[str, str]) -> str:
     code, message = problem
     with c.session() as session:
         metrics.incr(session, "orchestrator_storage_failures_total", reason=code)
-        job = session.get(Job, job_id)
         state.transition(session, job_id, JobState.failed, kind="failed", expect=[JobState.storing],
                          values={"error_code": code, "error_message": message[:2000]},
                          detail={"error": message, "code": code, "retryable": True})
-        if job is not None:
-            kick(c, session, job.provider)
     return f"failed: {code}"

@@ -29,7 +29,9 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         """Create the engine, session factory, broker publisher and storage for `settings`."""
         engine = make_engine(settings.resolved_database_url)
-        return cls(settings, engine, make_session_factory(engine), Publisher(settings), make_storage(settings))
+        sessions, publisher = make_session_factory(engine), Publisher(settings)
+        publisher.watch(sessions)  # transitions made by requests (cancel, retry) announce themselves
+        return cls(settings, engine, sessions, publisher, make_storage(settings))
 
 
 def make_storage(settings: Settings) -> Storage:

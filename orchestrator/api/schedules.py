@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Blueprint, g, request
 
-from orchestrator import batches, catalog_runs, jsonbody, queue, schedules, state
+from orchestrator import batches, catalog_runs, jsonbody, queue, schedules
 from orchestrator.api.context import db, services
 from orchestrator.api.spec import Body, operation
 from orchestrator.db import utcnow
@@ -99,8 +99,6 @@ def run_now(schedule_id: uuid.UUID) -> tuple[BatchOut | ScheduleOut, int]:
         raise BatchRejected([ItemProblem(None, None, "template", str(exc))],
                             "the schedule's template is not a valid batch now") from None
     services().publisher.after_commit(session, queue.DISPATCH)
-    for finished in state.finished_batches(session):
-        services().publisher.after_commit(session, queue.NOTIFY_BATCH, str(finished))
     prune = session.info.pop("prune_keys", [])
     session.commit()
     catalog_runs.prune(services().storage, prune)

@@ -11,7 +11,7 @@ import uuid
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import ValidationError
 
-from orchestrator import batches, budget, catalog, catalog_runs, intake, jsonbody, pricing, queue, state
+from orchestrator import batches, budget, catalog, catalog_runs, intake, jsonbody, pricing, queue
 from orchestrator.api.context import db, services
 from orchestrator.api.spec import Body, Content, document, operation
 from orchestrator.db import iso
@@ -75,8 +75,6 @@ def create_batch(query: BatchOptions, headers: BatchHeaders) -> tuple[BatchOut, 
                                               request_hash=digest, prices=settings.price_table())
     if created:
         services().publisher.after_commit(session, queue.DISPATCH)
-    for finished in state.finished_batches(session):  # every row unchanged: the batch is done already
-        services().publisher.after_commit(session, queue.NOTIFY_BATCH, str(finished))
     session.commit()
     catalog_runs.prune(services().storage, prune)
     bind(batch_id=batch.id)
@@ -203,8 +201,6 @@ def cancel_batch(batch_id: uuid.UUID) -> CancelOut:
     count, at_provider = batches.cancel(session, batch)
     for job_id in at_provider:
         services().publisher.after_commit(session, queue.CANCEL_AT_PROVIDER, str(job_id))
-    for finished in state.finished_batches(session):
-        services().publisher.after_commit(session, queue.NOTIFY_BATCH, str(finished))
     session.commit()
     session.refresh(batch)
     return CancelOut(**batches.batch_out(batch).model_dump(), cancelled_jobs=count)
@@ -216,9 +212,7 @@ def retry_batch(batch_id: uuid.UUID) -> RetryOut:
     """Re-queue the failed jobs of a batch; succeeded jobs are untouched."""
     session = db()
     batch = batches.get_batch(session, g.tenant, batch_id)
-    count = batches.retry(session, batch)
-    if count:
-        services().publisher.after_commit(session, queue.DISPATCH)
+    count = batches.retry(session, batch)  # the re-queued jobs' claim round follows the commit
     session.commit()
     session.refresh(batch)
     return RetryOut(**batches.batch_out(batch).model_dump(), requeued_jobs=count)

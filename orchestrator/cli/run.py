@@ -28,7 +28,9 @@ def worker(queues: str, concurrency: int | None, pool: str, name: str, embed_bea
 
     settings = _settings()
     app = make_celery(settings)
-    argv = ["worker", f"--queues={queues}", f"--concurrency={concurrency or settings.worker_concurrency}",
+    threads = concurrency or settings.worker_concurrency
+    app.conf.worker_concurrency = threads  # the task context sizes its connection pool from it
+    argv = ["worker", f"--queues={queues}", f"--concurrency={threads}",
             f"--pool={pool}", f"--hostname={name}@%h", "--loglevel=INFO", "--without-gossip",
             "--without-mingle", "--without-heartbeat"]
     if embed_beat:

@@ -30,8 +30,6 @@ def cancel(session: Session, batch: Batch) -> int:
     count, at_provider = batches.cancel(session, batch)
     for job_id in at_provider:
         services().publisher.after_commit(session, queue.CANCEL_AT_PROVIDER, str(job_id))
-    for finished in state.finished_batches(session):
-        services().publisher.after_commit(session, queue.NOTIFY_BATCH, str(finished))
     return count
 
 
