@@ -52,7 +52,6 @@ def ctx(settings: Settings, images: tuple[str, dict[str, bytes]], tmp_path: Path
     settings.download_allowed_hosts = images[0]
     settings.download_allow_private = True  # the image server is on loopback
     settings.public_url = "http://127.0.0.1:9"
-    settings.download_allow_private = True  # the test's image server is on loopback
     c = Context(settings)
     # Storage PUTs go straight to the local directory backend through a tiny in-test server.
     yield c
