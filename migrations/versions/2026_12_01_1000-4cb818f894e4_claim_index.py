@@ -1,7 +1,7 @@
 """claim index on queued jobs; provider account rows created once
 
 Revision ID: 4cb818f894e4
-Revises: 142e206f255a
+Revises: c4a1e2d3f5b6
 Create Date: 2026-12-01 09:18:01.369039
 
 The partial index holds queued jobs only, in claim order, so a claim reads just the rows it
@@ -18,7 +18,7 @@ from alembic import op
 
 
 revision: str = '4cb818f894e4'
-down_revision: str | None = '142e206f255a'
+down_revision: str | None = 'c4a1e2d3f5b6'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
