@@ -350,7 +350,8 @@ class Run:
     # -- audit ----------------------------------------------------------------------------------
 
     def interrupted_submits(self) -> int:
-        """submit_job tasks a killed worker had received and never finished (from its Celery log)."""
+        """Tasks that submit (dispatch_due and process_delivery refill and submit in the same thread;
+        submit_job from older messages) a killed worker had received and never finished (its log)."""
         count = 0
         for log in self.killed_worker_logs:
             text = log.read_text(errors="replace") if log.exists() else ""
@@ -384,7 +385,8 @@ class Run:
 
 
 def _task_ids(text: str, verb: str) -> list[str]:
-    return re.findall(r"Task workers\.dispatch\.submit_job\[([0-9a-f-]+)\] " + verb, text)
+    return re.findall(r"Task workers\.(?:dispatch\.submit_job|dispatch\.dispatch_due|webhooks\.process_delivery)"
+                      r"\[([0-9a-f-]+)\] " + verb, text)
 
 
 def run_once(p: Params) -> RunResult:
