@@ -42,11 +42,15 @@ def move(session: Session, job: Job, target: catalog.ModelSpec, kind: str, reaso
         return moved.applied
     # Still queued: not a state change, only where it will be sent. Conditional on the job still
     # being queued on its old model, so a claim that won the race keeps the job where it is.
+    # The job is due on its new provider at once: a backoff was earned against the old one, and
+    # the nudge that follows the move goes to the new provider now, not when the backoff ends.
     old = job.model  # (the ORM UPDATE below refreshes `job` in the session)
+    now = utcnow()
     done = session.execute(
         sa.update(Job).where(Job.id == job.id, Job.state == JobState.queued, Job.model == old)
-        .values(provider=target.provider, model=target.id, params=params, updated_at=utcnow(),
-                estimated_cost=pricing.job_cost(prices, target.id, params), **(values or {})))
+        .values(**{"provider": target.provider, "model": target.id, "params": params, "updated_at": now,
+                   "next_attempt_at": now, "estimated_cost": pricing.job_cost(prices, target.id, params),
+                   **(values or {})}))
     if done.rowcount != 1:  # type: ignore[attr-defined]
         return False
     state.record(session, job.id, kind, job.attempt, reason=reason, **{"from": old, "to": target.id})
