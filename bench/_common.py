@@ -262,7 +262,8 @@ def fal_env(sandbox: Any, limit: int) -> dict[str, str]:
     """Provider settings: the sandbox, the in-flight limit, a request rate that never binds."""
     return {"ORCH_FAL_QUEUE_URL": sandbox.url, "ORCH_FAL_JWKS_URL": sandbox.jwks_url,
             "ORCH_FAL_MAX_IN_FLIGHT": str(limit), "ORCH_FAL_RATE_PER_SECOND": "1000",
-            "ORCH_DOWNLOAD_ALLOWED_HOSTS": sandbox.url.split("//", 1)[1]}
+            "ORCH_DOWNLOAD_ALLOWED_HOSTS": sandbox.url.split("//", 1)[1],
+            "ORCH_DOWNLOAD_ALLOW_PRIVATE": "true"}  # the sandbox serves its images on loopback
 
 
 def run_batch(db_url: str, redis_url: str, tmp: Path, sandbox: Any, items: list[dict[str, Any]],
