@@ -30,6 +30,7 @@ from orchestrator.sandbox import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalSandbox, Fault
 from orchestrator.settings import Settings
 from tests.conftest import REDIS_URL
 from tests.factories import make_batch
+from workers import context as context_module
 from workers.context import Context
 from workers.maintenance import _requeue_unsent, _settle_unknown
 from workers.webhooks import process
@@ -45,7 +46,12 @@ def fal() -> Iterator[FalSandbox]:
 
 
 @pytest.fixture
-def ctx(settings: Settings, fal: FalSandbox) -> Iterator[Context]:
+def ctx(settings: Settings, fal: FalSandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
+    # These tests look at each decision on its own: the follow-ups a worker would run inline
+    # (refill the freed slot, store the adopted result) go to the broker instead, where nothing
+    # consumes them, so a requeued job stays queued and an adopted one stays storing.
+    monkeypatch.setattr(context_module, "_slot_handlers", [])
+    monkeypatch.setattr(context_module, "_store_handlers", [])
     settings.callback_timeout_seconds = 20
     settings.unknown_outcome_window_seconds = 600
     settings.fal_queue_url, settings.fal_key = fal.url, SecretStr(FAL_DEV_KEY)
