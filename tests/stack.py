@@ -36,6 +36,17 @@ FAST = {
 }
 
 
+def wait_for(check: Callable[[], Any], timeout: float = 90, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 @dataclass
 class Stack:
     """Handles to every running part."""

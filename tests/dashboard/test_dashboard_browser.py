@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import zipfile
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,18 +17,9 @@ from orchestrator.models import Asset, AuditEntry, Batch, Delivery, JobEvent
 from orchestrator.sandbox.faults import Faults
 from tests.conftest import StackFactory, make_key
 from tests.dashboard.browser import SCREENSHOTS, browser, shot, sign_in
+from tests.stack import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 90, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def images_loaded(page: Any) -> None:

@@ -8,9 +8,7 @@ sandbox signs it, exactly as fal would) and a job's callback URL with its token.
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,21 +22,11 @@ from orchestrator.sandbox.config import FAL_DEV_KEY
 from orchestrator.sandbox.fal_webhooks import ok_body
 from orchestrator.sandbox.faults import Faults
 from tests.conftest import StackFactory, make_key
-from tests.stack import Stack
+from tests.stack import Stack, wait_for
 
 pytestmark = pytest.mark.slow
 FAL_ITEM = {"model": "fal-ai/flux/dev", "prompt": "a koi pond", "image_size": "square"}
 RW_ITEM = {"model": "rundiffusion:130@100", "prompt": "a koi pond", "width": 384, "height": 256}
-
-
-def _until(what: Callable[[], Any], timeout: float = 60, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting: {message}")
 
 
 def _jobs(sessions: sessionmaker[Session], batch_id: str) -> dict[str, Job]:
@@ -66,7 +54,7 @@ def _fal_result(stack: Stack, job: Job) -> dict[str, Any]:
         resp = httpx.get(url, headers={"Authorization": f"Key {FAL_DEV_KEY}"})
         return resp.json() if resp.status_code == 200 and "images" in resp.text else None
 
-    return _until(fetch, message="fal result")
+    return wait_for(fetch, timeout=60, what="fal result")
 
 
 def _events(sessions: sessionmaker[Session], job_id: uuid.UUID) -> list[JobEvent]:
@@ -82,8 +70,8 @@ def test_a_signed_delivery_for_another_job_is_refused_and_recorded(make_stack: S
     client = stack.client(make_key(sessions, "acme"))
     items = [{**FAL_ITEM, "custom_id": "a"}, {**FAL_ITEM, "custom_id": "b"}, {**RW_ITEM, "custom_id": "r"}]
     batch = client.post("/v1/batches", json={"items": items}).json()
-    jobs = _until(lambda: (j := _jobs(sessions, batch["id"])) and all(
-        x.state is JobState.submitted for x in j.values()) and j, message="all submitted")
+    jobs = wait_for(lambda: (j := _jobs(sessions, batch["id"])) and all(
+        x.state is JobState.submitted for x in j.values()) and j, timeout=60, what="all submitted")
     a, b, r = jobs["a"], jobs["b"], jobs["r"]
     body, headers = _signed_delivery(stack, a.provider_request_id or "", _fal_result(stack, a))
 
@@ -100,7 +88,7 @@ def test_a_signed_delivery_for_another_job_is_refused_and_recorded(make_stack: S
     # A's delivery at A's URL: accepted (not "duplicate"), and A finishes with its own image.
     right = httpx.post(_url(stack, a), content=body, headers=headers)
     assert right.status_code == 200 and right.json()["status"] == "accepted", right.text
-    _until(lambda: client.get(f"/v1/jobs/{a.id}").json()["state"] == "succeeded", message="A succeeded")
+    wait_for(lambda: client.get(f"/v1/jobs/{a.id}").json()["state"] == "succeeded", timeout=60, what="A succeeded")
     assert client.get(f"/v1/jobs/{b.id}").json()["state"] == "submitted"
     with sessions() as s:
         refused = s.scalars(sa.select(Delivery).where(Delivery.rejection.is_not(None))).all()
@@ -119,7 +107,7 @@ def test_a_delivery_before_the_submit_answer_is_held_never_applied_blindly(
     stack.start_worker("w1")
     client = stack.client(make_key(sessions, "acme"))
     batch = client.post("/v1/batches", json={"items": [{**FAL_ITEM, "custom_id": "x"}]}).json()
-    job = _until(lambda: (j := _jobs(sessions, batch["id"])["x"]).submit_started_at and j, message="intent")
+    job = wait_for(lambda: (j := _jobs(sessions, batch["id"])["x"]).submit_started_at and j, timeout=60, what="intent")
     # Meanwhile a validly signed delivery about some other fal request reaches the job's URL.
     foreign = str(uuid.uuid4())
     image = {"url": f"{stack.fal.url}/files/foreign.jpeg", "width": 64, "height": 64, "content_type": "image/jpeg"}
@@ -175,6 +163,6 @@ def test_a_token_opens_only_its_own_attempt(make_stack: StackFactory, sessions: 
         assert [(d.attempt, d.rejection) for d in refused] == [(2, "wrong token")] * 2
         assert s.scalar(sa.select(Delivery.duplicates).where(Delivery.id == genuine.id)) == 1
         held = s.scalars(sa.select(Delivery).where(Delivery.attempt == 1)).one()
-        _until(lambda: s.refresh(held) or held.outcome, message="held delivery examined")
+        wait_for(lambda: s.refresh(held) or held.outcome, timeout=60, what="held delivery examined")
         assert held.processed_at is None and held.event_key != genuine.event_key
     assert client.get(f"/v1/jobs/{job.id}").json()["state"] == "succeeded"
