@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from _chaos_infra import Postgres, Redis, Service
 from _common import create_api_key, http_ok, note, print_table
 
 from orchestrator.migrate import upgrade
-from orchestrator.models import Batch, Job
+from orchestrator.models import Batch, Job, JobEvent, JobState
 from orchestrator.netutil import free_port
 from orchestrator.sandbox.config import FAL_DEV_KEY, RUNWARE_DEV_KEY
 from orchestrator.state import TERMINAL
@@ -70,7 +69,10 @@ ORCH_ENV = {
     "ORCH_RUNWARE_RATE_PER_SECOND": "100",
 }
 # Process faults at these shares of jobs final (each at least once per run); worker kills run throughout.
-PLAN = [(0.10, "api"), (0.20, "beat"), (0.35, "redis"), (0.50, "postgres"), (0.65, "api")]
+# "submit" kills every worker the moment a submit is in flight (intent committed, no answer yet),
+# early, while batches still arrive: random kills alone land between submits more often than not
+# once the hot path is quick, and later in a run few submits are left.
+PLAN = [(0.0, "submit"), (0.10, "api"), (0.20, "beat"), (0.35, "redis"), (0.50, "postgres"), (0.65, "api")]
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,6 @@ class Run:
         self.pg = Postgres(self.tmp / "pg")
         self.redis = Redis(self.tmp)
         self.faults: Counter[str] = Counter()
-        self.killed_worker_logs: list[Path] = []
         self.receiver = CallbackReceiver()
         self.batch_ids: list[str] = []
         self.submit_error: str | None = None
@@ -282,13 +283,41 @@ class Run:
     def kill_worker(self) -> None:
         svc = self.rng.choice(self.workers)
         svc.kill()
-        self.killed_worker_logs.append(svc.log)
         self.faults["worker kill -9"] += 1
         svc.start()
 
-    def process_fault(self, what: str) -> None:
+    def in_flight_submits(self, engine: sa.Engine) -> int:
+        """Job attempts whose submit intent is committed and whose answer is not recorded yet
+        (an attempt already known to have an unknown outcome is not in flight)."""
+        settled = sa.exists().where(JobEvent.job_id == Job.id, JobEvent.attempt == Job.attempt,
+                                    JobEvent.kind.in_(["submit_outcome_unknown", "submit_skipped"]))
+        query = sa.select(sa.func.count()).select_from(Job).where(
+            Job.state == JobState.submitting, Job.submit_started_at.is_not(None),
+            Job.provider_request_id.is_(None), ~settled)
+        try:
+            with engine.connect() as conn:
+                return int(conn.scalar(query) or 0)
+        except sa.exc.SQLAlchemyError:
+            return 0
+
+    def interrupt_submits(self, engine: sa.Engine) -> None:
+        """Kill -9 every worker while a submit is in flight; the submits still in flight once no
+        worker is alive are the ones whose answer the kill lost."""
+        deadline = time.monotonic() + 60
+        while self.in_flight_submits(engine) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for svc in self.workers:
+            svc.kill()
+        self.faults["worker kill -9"] += len(self.workers)
+        self.faults["submit interrupted by kill"] += self.in_flight_submits(engine)
+        for svc in self.workers:
+            svc.start()
+
+    def process_fault(self, what: str, engine: sa.Engine) -> None:
         note(f"[seed {self.p.seed}] fault: {what}")
-        if what == "api":
+        if what == "submit":
+            self.interrupt_submits(engine)
+        elif what == "api":
             self.api.kill()
             time.sleep(1.5)
             self.api.start()
@@ -327,7 +356,7 @@ class Run:
                     share = final / self.p.jobs
                     # One process fault at a time, a few seconds apart, so each meets a system under load.
                     if plan and share >= plan[0][0] and time.monotonic() >= next_fault:
-                        self.process_fault(plan.pop(0)[1])
+                        self.process_fault(plan.pop(0)[1], engine)
                         next_fault = time.monotonic() + 5
                     done = total == self.p.jobs and final == total and not submitter.is_alive()
                     if time.monotonic() - last_note > 15:
@@ -336,7 +365,7 @@ class Run:
                         last_note = time.monotonic()
                     if done:
                         while plan:  # finished before every process fault ran: run the rest now
-                            self.process_fault(plan.pop(0)[1])
+                            self.process_fault(plan.pop(0)[1], engine)
                         if told == len(bodies):
                             return
                 if time.monotonic() >= next_kill and (seen is None or seen[0] < self.p.jobs):
@@ -349,17 +378,6 @@ class Run:
 
     # -- audit ----------------------------------------------------------------------------------
 
-    def interrupted_submits(self) -> int:
-        """Tasks that submit (dispatch_due and process_delivery refill and submit in the same thread;
-        submit_job from older messages) a killed worker had received and never finished (its log)."""
-        count = 0
-        for log in self.killed_worker_logs:
-            text = log.read_text(errors="replace") if log.exists() else ""
-            received = set(_task_ids(text, "received"))
-            finished = set(_task_ids(text, "succeeded")) | set(_task_ids(text, "raised"))
-            count += len(received - finished)
-        return count
-
     def ledger(self, url: str) -> dict[str, Any]:
         return httpx.get(f"{url}/_sandbox/ledger", timeout=120).json()
 
@@ -368,7 +386,6 @@ class Run:
         ledgers = {"fal": self.ledger(self.fal_url), "runware": self.ledger(self.rw_url)}
         result = audit(self.pg.url, self.api_url, self.token, ledgers, self.tmp / "storage", self.receiver.calls)
         faults = injected(ledgers) + self.faults
-        faults["submit interrupted by kill"] = self.interrupted_submits()
         faults["media expired"] = result.failed_by_code.get("result_expired", 0)
         return result, faults
 
@@ -382,11 +399,6 @@ class Run:
             shutil.rmtree(self.tmp, ignore_errors=True)
         else:
             note(f"kept {self.tmp}")
-
-
-def _task_ids(text: str, verb: str) -> list[str]:
-    return re.findall(r"Task workers\.(?:dispatch\.submit_job|dispatch\.dispatch_due|webhooks\.process_delivery)"
-                      r"\[([0-9a-f-]+)\] " + verb, text)
 
 
 def run_once(p: Params) -> RunResult:
