@@ -58,6 +58,11 @@ SANDBOX_FAULTS = [
     "--submit-slow-rate", "0.05", "--submit-slow-seconds", "1", "--latency-min", "0.2", "--latency-max", "1.0",
     "--webhook-backoff", "0.5",
 ]
+# A short run (tests/test_chaos.py: 60 jobs, about 70 submits) doubles the rarest submit faults:
+# at 5 % each, one of them is never injected in about 3 % of short runs (0.95^70), which would
+# fail "every fault happened" by chance; doubled, about 0.06 %.
+SHORT_RUN_FAULTS = ["--submit-500-rate", "0.06", "--submit-503-rate", "0.04", "--submit-timeout-rate", "0.1"]
+SHORT_RUN_JOBS = 200
 ORCH_ENV = {
     "ORCH_POLL_AFTER_SECONDS": "6", "ORCH_POLL_INTERVAL_SECONDS": "3", "ORCH_CLAIM_STALE_SECONDS": "8",
     "ORCH_STORING_STALE_SECONDS": "15", "ORCH_SWEEP_INTERVAL_SECONDS": "2", "ORCH_RETRY_BASE_SECONDS": "0.5",
@@ -221,8 +226,9 @@ class Run:
 
     def _sandbox(self, provider: str, extra: list[str]) -> Service:
         port = free_port()
+        short = SHORT_RUN_FAULTS if self.p.jobs < SHORT_RUN_JOBS else []
         svc = Service(f"sandbox-{provider}", [PY, "-m", "orchestrator.cli", "sandbox", provider, f"--port={port}",
-                                              f"--seed={self.p.seed}", *SANDBOX_FAULTS, *extra],
+                                              f"--seed={self.p.seed}", *SANDBOX_FAULTS, *short, *extra],
                       {**os.environ}, self.logs)
         svc.start()
         self.services.append(svc)
