@@ -204,9 +204,9 @@ def test_terminal_gets_rich_progress_and_live_tables(stack: Stack, key: str, tmp
 
     from rich.console import Console
 
-    from orchestrator.cli import client, progress
+    from orchestrator.cli import api_client, progress, watch
 
-    api = client.Api(stack.api_url, key)
+    api = api_client.Api(stack.api_url, key)
     items = [{"custom_id": f"t{i}", "model": "flux-schnell", "prompt": f"a fox {i}"} for i in range(6)]
     bid = api.json("POST", "/v1/batches", json={"items": items})["id"]
 
@@ -215,7 +215,7 @@ def test_terminal_gets_rich_progress_and_live_tables(stack: Stack, key: str, tmp
         return Console(file=buf, force_terminal=True, color_system="standard", width=160), buf
 
     out, buf = terminal()
-    final = progress.watch_batch(lambda: client.poll(api, bid, 0.2), 0.2, out)
+    final = progress.watch_batch(lambda: watch.poll(api, bid, 0.2), 0.2, out)
     text = buf.getvalue()
     assert final["state"] == "succeeded"
     assert "\x1b[" in text and "6/6" in text and "jobs/s" in text and "ETA" in text
@@ -260,9 +260,9 @@ def test_auth_connection_and_usage_errors(stack: Stack, key: str, tmp_path: Path
 
 def test_watch_rides_out_a_short_outage_then_gives_up(monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from orchestrator.cli import client
+    from orchestrator.cli import api_client, watch
 
-    monkeypatch.setattr(client, "WATCH_GRACE_SECONDS", 0.3)
-    with pytest.raises(client.Transient, match=re.escape("could not reach the API at http://127.0.0.1:9")):
-        client.follow(client.Api("http://127.0.0.1:9", None), "b", interval=0.1)
+    monkeypatch.setattr(watch, "WATCH_GRACE_SECONDS", 0.3)
+    with pytest.raises(api_client.Transient, match=re.escape("could not reach the API at http://127.0.0.1:9")):
+        watch.follow(api_client.Api("http://127.0.0.1:9", None), "b", interval=0.1)
     assert "retrying: could not reach" in capsys.readouterr().err

@@ -73,7 +73,7 @@ def test_default_columns_and_empty(tmp_path: Path) -> None:
 
 
 def test_cells_are_labelled_with_provider_and_model(tmp_path: Path) -> None:
-    from orchestrator.cli.client import sheet_entries
+    from orchestrator.cli.downloads import sheet_entries
 
     manifest = [{"custom_id": "p0-s1", "prompt": "a fox", "provider": "fal", "model": "fal-ai/flux/schnell",
                  "images": [{"file": "0-p0-s1-0.jpg"}]},

@@ -9,10 +9,10 @@ from flask import Flask, Response, g, request
 from orchestrator import dashboard
 from orchestrator.api import auth as _auth  # noqa: F401  (problem types)
 from orchestrator.api import context, health, picks, problems, results, schedules, v1, webhooks
+from orchestrator.api.local_storage import make_storage_blueprint
 from orchestrator.log import reset
 from orchestrator.settings import Settings, get_settings
 from orchestrator.storage.local import LocalStorage
-from orchestrator.storage.local_blueprint import make_storage_blueprint
 
 
 def create_app(settings: Settings | None = None, services: context.Services | None = None) -> Flask:

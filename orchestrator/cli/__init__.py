@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from orchestrator.cli import admin, client, demo, moodboard, prices, run
+from orchestrator.cli import admin, cancel_retry, demo, moodboard, prices, results, run, status, submit
 from orchestrator.cli.sandbox import sandbox
 from orchestrator.cli.schedules import schedules
 
@@ -19,7 +19,8 @@ def main() -> None:
 demo.register(main)
 admin.register(main)
 run.register(main)
-client.register(main)
+for command in (submit.submit, status.status, results.results, cancel_retry.cancel, cancel_retry.retry):
+    main.add_command(command)
 moodboard.register(main)
 prices.register(main)
 main.add_command(sandbox)

@@ -14,9 +14,12 @@ from typing import Any
 import click
 
 from orchestrator.cli.admin import new_key
-from orchestrator.cli.client import Api, CliError, fetch_manifest, follow, save_results
+from orchestrator.cli.api_client import Api, CliError
+from orchestrator.cli.downloads import save_results
 from orchestrator.cli.embedded import EmbeddedStack
 from orchestrator.cli.progress import print_table
+from orchestrator.cli.results import fetch_manifest
+from orchestrator.cli.watch import follow
 from orchestrator.netutil import free_port, port_is_free
 
 SUBJECTS = ["a lighthouse on a cliff", "a koi pond at dawn", "a neon ramen stall", "a desert caravan",

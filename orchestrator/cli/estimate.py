@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from orchestrator.cli.client import Api, Submission
+    from orchestrator.cli.api_client import Api
+    from orchestrator.cli.submit import Submission
 
 
 def with_options(sub: Submission, **options: Any) -> Submission:

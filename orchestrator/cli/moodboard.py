@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli.client import Api, CliError, api_options, save_results
+from orchestrator.cli.api_client import Api, CliError, api_options
+from orchestrator.cli.downloads import save_results
 
 
 @click.group("picks")

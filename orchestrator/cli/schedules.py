@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli.client import Api, api_options, catalog_line
+from orchestrator.cli.api_client import Api, api_options
+from orchestrator.cli.status import catalog_line
 
 
 @click.command("schedules")

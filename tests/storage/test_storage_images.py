@@ -17,6 +17,7 @@ from PIL import Image
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Response as BaseResponse
 
+from orchestrator.api.local_storage import make_storage_blueprint
 from orchestrator.netutil import free_port
 from orchestrator.storage.images import (
     DisallowedHost,
@@ -30,7 +31,6 @@ from orchestrator.storage.images import (
     verify_image,
 )
 from orchestrator.storage.local import LocalStorage
-from orchestrator.storage.local_blueprint import make_storage_blueprint
 
 CAP = 256 * 1024
 

@@ -17,9 +17,9 @@ from flask import Flask
 from PIL import Image
 from werkzeug.serving import make_server
 
+from orchestrator.api.local_storage import make_storage_blueprint
 from orchestrator.netutil import free_port
 from orchestrator.storage.local import LocalStorage, ObjectTooLarge, SignatureInvalid
-from orchestrator.storage.local_blueprint import make_storage_blueprint
 
 SECRET = "test-secret-key-0123456789abcdef"
 MAX_BYTES = 64 * 1024
