@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from orchestrator import auth
 from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.migrate import upgrade
-from orchestrator.models import Asset, Delivery, Job
+from orchestrator.models import FINAL_BATCH, Asset, Delivery, Job
 from orchestrator.netutil import free_port
 from orchestrator.sandbox.config import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalConfig
 from orchestrator.sandbox.fal import FalSandbox
@@ -41,7 +41,6 @@ ADMIN_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql+psycopg://postgres@12
 # stack starts, so by default a benchmark uses its own database and can run next to the tests.
 REDIS_URL = os.environ.get("ORCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-FINAL_BATCH_STATES = ("succeeded", "partially_failed", "failed", "cancelled")
 _JOB_IN_URL = re.compile(r"/webhooks/\w+/([0-9a-f-]{36})/(\d+)")
 _TASK_DONE = re.compile(r"Task workers\.([\w.]+)\[[^\]]+\] succeeded in ([0-9.e-]+)s")
 
@@ -467,7 +466,7 @@ def submit_and_wait(api_url: str, token: str, items: list[dict[str, Any]],
         batch_id = resp.json()["id"]
         while time.perf_counter() < start + timeout:
             batch = client.get(f"/v1/batches/{batch_id}").json()
-            if batch["state"] in FINAL_BATCH_STATES:
+            if batch["state"] in FINAL_BATCH:
                 return epoch, time.perf_counter() - start, batch
             time.sleep(0.2)
     raise SystemExit(f"batch not final after {timeout:.0f}s: {batch}")

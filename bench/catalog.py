@@ -33,7 +33,7 @@ import sqlalchemy as sa
 
 from orchestrator import catalog_runs, catalog_source, intake, schedules
 from orchestrator.db import make_engine, make_session_factory, session_scope, utcnow
-from orchestrator.models import Batch, CatalogEntry, Schedule
+from orchestrator.models import FINAL_BATCH, Batch, CatalogEntry, Schedule
 from orchestrator.netutil import free_port
 from orchestrator.storage.local import LocalStorage
 
@@ -165,7 +165,7 @@ def night2(db_url: str, tmp: Path, schedule_id: Any, sandbox: Any, timeout: floa
                 batch = session.scalars(sa.select(Batch).where(Batch.schedule_id == schedule_id)).first()
                 if batch is not None and not fired:
                     fired.update(at=time.perf_counter() - start, id=batch.id)
-                return batch is not None and batch.state.value in common.FINAL_BATCH_STATES
+                return batch is not None and batch.state in FINAL_BATCH
 
         common.wait_until(created, timeout, "night 2 to finish", procs[1])
         wall = time.perf_counter() - start

@@ -32,23 +32,16 @@ MAX_CAP = Decimal("1000000")
 HELD = "budget"
 
 
-class BudgetExceeded(BatchRejected):
+class BudgetExceeded(BatchRejected, slug="budget-exceeded", title="The batch can never fit its budget"):
     """The batch can never run within a cap; nothing was written."""
-
-    type = "https://orchestrator.dev/problems/budget-exceeded"
-    title = "The batch can never fit its budget"
 
     def __init__(self, cap: str, limit: Decimal, estimate: Decimal, message: str):
         super().__init__([ItemProblem(None, None, cap, message)], detail=message)
         self.extra.update(cap=cap, limit=float(limit), estimated_cost=float(estimate))
 
 
-class InvalidBudget(DomainError):
+class InvalidBudget(DomainError, status=422, slug="invalid-budget", title="Invalid budget"):
     """A cap or timezone that cannot be used."""
-
-    status = 422
-    type = "https://orchestrator.dev/problems/invalid-budget"
-    title = "Invalid budget"
 
 
 # What a job has cost or will cost: its recorded cost, else its estimate while at the provider.

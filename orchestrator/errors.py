@@ -21,12 +21,30 @@ class ItemProblem:
                 "message": self.message}
 
 
+PROBLEM_TYPES = "https://orchestrator.dev/problems/"
+
+
 class DomainError(Exception):
-    """Base of errors with a stable problem type and HTTP status."""
+    """Base of errors with a stable problem type and HTTP status.
+
+    A subclass names its problem in the class line, e.g.
+    `class NotFound(DomainError, status=404, slug="not-found", title="Not found")`: its `type` is
+    PROBLEM_TYPES + slug. What it leaves out it inherits.
+    """
 
     status = 400
     type = "about:blank"
     title = "Bad request"
+
+    def __init_subclass__(cls, *, status: int | None = None, slug: str | None = None, title: str | None = None,
+                          **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if slug is not None:
+            cls.type = PROBLEM_TYPES + slug
+        if title is not None:
+            cls.title = title
 
     def __init__(self, detail: str, **extra: Any):
         super().__init__(detail)
@@ -34,12 +52,8 @@ class DomainError(Exception):
         self.extra = extra
 
 
-class BatchRejected(DomainError):
+class BatchRejected(DomainError, status=422, slug="invalid-batch", title="The batch has invalid items"):
     """The batch is invalid; nothing was written."""
-
-    status = 422
-    type = "https://orchestrator.dev/problems/invalid-batch"
-    title = "The batch has invalid items"
 
     def __init__(self, problems: list[ItemProblem], detail: str | None = None):
         count = len(problems)
@@ -48,36 +62,21 @@ class BatchRejected(DomainError):
         self.problems = problems
 
 
-class ScheduleRejected(BatchRejected):
+class ScheduleRejected(BatchRejected, slug="invalid-schedule", title="The schedule is invalid"):
     """The schedule (its fields or its batch template) is invalid; nothing was saved."""
-
-    type = "https://orchestrator.dev/problems/invalid-schedule"
-    title = "The schedule is invalid"
 
     def __init__(self, problems: list[ItemProblem], detail: str | None = None):
         count = len(problems)
         super().__init__(problems, detail or f"{count} problem{'s' if count != 1 else ''} found; nothing was saved")
 
 
-class TooLarge(DomainError):
+class TooLarge(DomainError, status=413, slug="too-many-items", title="Too many items"):
     """The batch has more items than allowed."""
 
-    status = 413
-    type = "https://orchestrator.dev/problems/too-many-items"
-    title = "Too many items"
 
-
-class NotFound(DomainError):
+class NotFound(DomainError, status=404, slug="not-found", title="Not found"):
     """No such resource for this tenant."""
 
-    status = 404
-    type = "https://orchestrator.dev/problems/not-found"
-    title = "Not found"
 
-
-class Conflict(DomainError):
+class Conflict(DomainError, status=409, slug="conflict", title="Conflict"):
     """The request conflicts with existing state."""
-
-    status = 409
-    type = "https://orchestrator.dev/problems/conflict"
-    title = "Conflict"

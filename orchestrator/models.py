@@ -39,6 +39,12 @@ class BatchState(enum.StrEnum):
     cancelled = "cancelled"
 
 
+# The states a batch ends in (the one list of them). StrEnum members compare and hash as their
+# values, so `"failed" in FINAL_BATCH` holds for a state read from JSON too.
+FINAL_BATCH = frozenset({BatchState.succeeded, BatchState.partially_failed, BatchState.failed,
+                         BatchState.cancelled})
+
+
 def _enum(cls: type[enum.Enum], name: str) -> sa.Enum:
     # Stored as plain strings with a CHECK constraint: portable to SQLite and
     # cheap to extend in a migration, unlike native Postgres enums.

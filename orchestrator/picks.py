@@ -16,12 +16,8 @@ from orchestrator.models import Asset, Batch, Job, Pick
 MAX_PER_CALL = 5000
 
 
-class InvalidSelection(DomainError):
+class InvalidSelection(DomainError, status=400, slug="invalid-selection", title="Invalid selection"):
     """A selection of images or jobs that cannot be acted on as given."""
-
-    status = 400
-    type = "https://orchestrator.dev/problems/invalid-selection"
-    title = "Invalid selection"
 
 
 def _asset_rows(session: Session, tenant: str | None, asset_ids: Iterable[str | uuid.UUID]) -> list[Any]:

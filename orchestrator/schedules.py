@@ -28,10 +28,10 @@ from sqlalchemy.orm import Session
 from orchestrator import batches, catalog_keys, catalog_runs, catalog_source, intake, metrics, netpolicy
 from orchestrator.catalog_source import SourcePolicy
 from orchestrator.db import as_utc, iso, utcnow
-from orchestrator.errors import BatchRejected, Conflict, ItemProblem, NotFound, ScheduleRejected, TooLarge
-from orchestrator.models import Batch, Schedule, ScheduleRun
+from orchestrator.errors import BatchRejected, Conflict, ItemProblem, ScheduleRejected, TooLarge
+from orchestrator.lookup import owned
+from orchestrator.models import FINAL_BATCH, Batch, Schedule, ScheduleRun
 from orchestrator.pricing import Price
-from orchestrator.state import FINAL_BATCH
 from orchestrator.storage.base import Storage
 
 
@@ -251,14 +251,7 @@ def as_input(schedule: Schedule) -> dict[str, Any]:
 
 def get(session: Session, tenant: str, schedule_id: str | uuid.UUID) -> Schedule:
     """One schedule of this tenant, or NotFound."""
-    try:
-        sid = schedule_id if isinstance(schedule_id, uuid.UUID) else uuid.UUID(schedule_id)
-    except ValueError:
-        raise NotFound(f"no schedule {schedule_id}") from None
-    schedule = session.scalar(sa.select(Schedule).where(Schedule.id == sid, Schedule.tenant == tenant))
-    if schedule is None:
-        raise NotFound(f"no schedule {schedule_id}")
-    return schedule
+    return owned(session, Schedule, tenant, schedule_id, missing=f"no schedule {schedule_id}")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from orchestrator.db import utcnow
-from orchestrator.models import Batch, BatchState, Job, JobEvent, JobState
+from orchestrator.models import FINAL_BATCH, Batch, BatchState, Job, JobEvent, JobState
 
 Q, SI, SD, ST = JobState.queued, JobState.submitting, JobState.submitted, JobState.storing
 OK, FAIL, CXL = JobState.succeeded, JobState.failed, JobState.cancelled
@@ -37,8 +37,6 @@ TERMINAL = frozenset({OK, FAIL, CXL})
 ACTIVE = frozenset({Q, SI, SD, ST})
 # A provider account's slot is taken from claim (submitting) until the provider has answered.
 IN_FLIGHT = frozenset({SI, SD})
-FINAL_BATCH = frozenset({BatchState.succeeded, BatchState.partially_failed, BatchState.failed,
-                         BatchState.cancelled})
 
 # Forward moves only, plus "back to queued" for a retry, which must carry a reason.
 # A callback may arrive while the submit call is still in flight, hence submitting -> storing;

@@ -21,6 +21,7 @@ import httpx
 import redis
 from werkzeug.serving import make_server
 
+from orchestrator.models import FINAL_BATCH
 from orchestrator.netutil import free_port
 from orchestrator.sandbox.config import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalConfig, RunwareConfig
 from orchestrator.sandbox.fal import FalSandbox
@@ -151,7 +152,7 @@ class Stack:
 
 
 def _final(batch: dict[str, Any]) -> bool:
-    return batch.get("state") in ("succeeded", "partially_failed", "failed", "cancelled")
+    return batch.get("state") in FINAL_BATCH
 
 
 def start_stack(pg_url: str, redis_url: str, tmp: Path, *, fal_faults: Faults | None = None,

@@ -14,20 +14,12 @@ from orchestrator.errors import DomainError
 from orchestrator.log import bind
 
 
-class Unauthorized(DomainError):
+class Unauthorized(DomainError, status=401, slug="unauthorized", title="Unauthorized"):
     """Missing or unknown API key."""
 
-    status = 401
-    type = "https://orchestrator.dev/problems/unauthorized"
-    title = "Unauthorized"
 
-
-class Forbidden(DomainError):
+class Forbidden(DomainError, status=403, slug="forbidden", title="Forbidden"):
     """The key's role may not do this."""
-
-    status = 403
-    type = "https://orchestrator.dev/problems/forbidden"
-    title = "Forbidden"
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -8,6 +8,7 @@ from typing import IO
 
 from flask import Blueprint, Response, request, send_file
 
+from orchestrator.errors import PROBLEM_TYPES
 from orchestrator.storage.local import (
     KeyConflict,
     LocalStorage,
@@ -21,7 +22,7 @@ CHUNK_SIZE = 64 * 1024
 
 def problem(status: int, slug: str, title: str, detail: str) -> Response:
     """Return an RFC 9457 problem document with a stable `type`."""
-    body = {"type": f"https://orchestrator.dev/problems/{slug}", "title": title, "status": status, "detail": detail}
+    body = {"type": PROBLEM_TYPES + slug, "title": title, "status": status, "detail": detail}
     return Response(json.dumps(body), status=status, mimetype="application/problem+json")
 
 

@@ -8,10 +8,9 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from orchestrator.errors import DomainError
+from orchestrator.errors import PROBLEM_TYPES, DomainError
 
 log = logging.getLogger(__name__)
-BASE = "https://orchestrator.dev/problems/"
 
 
 def problem(status: int, title: str, detail: str, type_: str = "about:blank", **extra: Any) -> Response:
@@ -34,11 +33,11 @@ def install(app: Flask) -> None:
     def _http(exc: HTTPException) -> Response:
         status = exc.code or 500
         if status == 413:
-            return problem(413, "Request body too large", exc.description or "", BASE + "body-too-large")
-        return problem(status, exc.name, exc.description or "", BASE + exc.name.lower().replace(" ", "-"))
+            return problem(413, "Request body too large", exc.description or "", PROBLEM_TYPES + "body-too-large")
+        return problem(status, exc.name, exc.description or "", PROBLEM_TYPES + exc.name.lower().replace(" ", "-"))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         # Logged with its traceback for operators; the client sees a stable, secret-free problem.
         log.exception("unhandled error")
-        return problem(500, "Internal error", "the server failed to handle this request", BASE + "internal")
+        return problem(500, "Internal error", "the server failed to handle this request", PROBLEM_TYPES + "internal")

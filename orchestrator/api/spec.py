@@ -62,12 +62,8 @@ _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
            503: "Unavailable"}
 
 
-class InvalidParameters(DomainError):
+class InvalidParameters(DomainError, status=400, slug="invalid-parameters", title="Invalid parameters"):
     """A query or header parameter does not match its declaration."""
-
-    status = 400
-    type = "https://orchestrator.dev/problems/invalid-parameters"
-    title = "Invalid parameters"
 
     def __init__(self, where: str, problems: Iterable[tuple[tuple[Any, ...], str]]):
         errors = [{"position": None, "custom_id": None, "field": ".".join([where, *(str(p) for p in loc)]),
@@ -76,20 +72,12 @@ class InvalidParameters(DomainError):
         super().__init__(f"invalid {summary}", errors=errors, error_count=len(errors))
 
 
-class UnsupportedMediaType(DomainError):
+class UnsupportedMediaType(DomainError, status=415, slug="media-type", title="Unsupported media type"):
     """The body's media type is not one the operation takes."""
 
-    status = 415
-    type = "https://orchestrator.dev/problems/media-type"
-    title = "Unsupported media type"
 
-
-class EmptyBody(DomainError):
+class EmptyBody(DomainError, status=400, slug="empty-body", title="Empty body"):
     """A required body is missing."""
-
-    status = 400
-    type = "https://orchestrator.dev/problems/empty-body"
-    title = "Empty body"
 
 
 @dataclass(frozen=True)

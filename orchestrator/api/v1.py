@@ -11,7 +11,7 @@ import uuid
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import ValidationError
 
-from orchestrator import batches, budget, catalog, catalog_runs, intake, jsonbody, pricing, queue
+from orchestrator import batch_lists, batches, budget, catalog, catalog_runs, intake, jsonbody, pricing, queue
 from orchestrator.api.context import db, services
 from orchestrator.api.spec import Body, Content, document, operation
 from orchestrator.db import iso
@@ -170,8 +170,8 @@ def _json_model(model: type[BatchPatch], name: str) -> BatchPatch:
 @operation(bp, "GET", "/batches", "List batches", query=BatchListQuery, responses={200: BatchPage})
 def list_batches(query: BatchListQuery) -> BatchPage:
     """This tenant's batches, newest first."""
-    rows, nxt = batches.list_batches(db(), g.tenant, states=_split(query.state), cursor=query.cursor,
-                                     limit=query.limit, filters=batches.BatchFilter(
+    rows, nxt = batch_lists.list_batches(db(), g.tenant, states=_split(query.state), cursor=query.cursor,
+                                     limit=query.limit, filters=batch_lists.BatchFilter(
                                          schedule_id=query.schedule_id, provider=query.provider, model=query.model,
                                          lane=query.lane, search=query.q, parent_batch_id=query.parent_batch_id))
     held = budget.held_counts(db(), [b.id for b in rows if b.count_queued])
@@ -189,7 +189,7 @@ def get_batch(batch_id: uuid.UUID) -> BatchOut:
 def list_jobs(batch_id: uuid.UUID, query: JobListQuery) -> JobPage:
     """A batch's jobs by position, filtered by state."""
     batch = batches.get_batch(db(), g.tenant, batch_id)
-    rows, nxt = batches.list_jobs(db(), batch, states=_split(query.state), cursor=query.cursor, limit=query.limit)
+    rows, nxt = batch_lists.list_jobs(db(), batch, states=_split(query.state), cursor=query.cursor, limit=query.limit)
     return JobPage(data=[batches.job_out(j) for j in rows], next_cursor=nxt)
 
 

@@ -20,9 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import binding, jsonbody, queue
 from orchestrator.api.context import db, services
-from orchestrator.api.problems import BASE, problem
+from orchestrator.api.problems import problem
 from orchestrator.callbacks import parse_target, token_matches
 from orchestrator.db import upsert_insert
+from orchestrator.errors import PROBLEM_TYPES as BASE
 from orchestrator.log import bind
 from orchestrator.models import Delivery, Job
 from orchestrator.providers import runware_parse

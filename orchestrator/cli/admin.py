@@ -173,10 +173,11 @@ def problem_documents_from_gunicorn() -> None:
 
     from gunicorn import util
 
+    from orchestrator.errors import PROBLEM_TYPES
     from orchestrator.redact import redact_text
 
     def write_error(sock: Any, status: int, reason: str, mesg: str) -> None:
-        body = json.dumps({"type": "https://orchestrator.dev/problems/" + reason.lower().replace(" ", "-"),
+        body = json.dumps({"type": PROBLEM_TYPES + reason.lower().replace(" ", "-"),
                            "title": reason, "status": status, "detail": redact_text(mesg)[:300]}).encode()
         head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")

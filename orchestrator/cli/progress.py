@@ -20,7 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from rich.table import Table
 from rich.text import Text
 
-FINAL_STATES = frozenset({"succeeded", "partially_failed", "failed", "cancelled"})
+from orchestrator.models import FINAL_BATCH
+
 JOB_STATES = ("queued", "submitting", "submitted", "storing", "succeeded", "failed", "cancelled")
 DONE_JOB_STATES = ("succeeded", "failed", "cancelled")
 RUNNING_STATES = ("submitting", "submitted", "storing")
@@ -91,7 +92,7 @@ def _plain_progress(poll: Poll, interval: float) -> dict[str, Any]:
     last, last_at = "", None
     while True:
         batch = poll()
-        line, final = progress_line(batch), batch.get("state") in FINAL_STATES
+        line, final = progress_line(batch), batch.get("state") in FINAL_BATCH
         if log_worthy(line, last, last_at, final):
             click.echo(line)
             last, last_at = line, time.monotonic()
@@ -118,7 +119,7 @@ def _rich_progress(poll: Poll, interval: float, out: Console) -> dict[str, Any]:
                 task = bar.add_task("batch", total=total or 1, completed=done, rate=shown, states=states)
             else:
                 bar.update(task, total=total or 1, completed=done, rate=shown, states=states)
-            if batch.get("state") in FINAL_STATES:
+            if batch.get("state") in FINAL_BATCH:
                 bar.refresh()
                 return batch
             time.sleep(interval)
@@ -172,7 +173,7 @@ def watch_batches(poll: Callable[[], list[dict[str, Any]]], interval: float, out
                 rows = poll()
                 stamp = Text(f"refreshed every {interval:g}s; Ctrl-C stops watching", style="bright_black")
                 live.update(Group(batches_table(rows), stamp) if rows else Text("no batches yet"))
-                if all(b.get("state") in FINAL_STATES for b in rows):
+                if all(b.get("state") in FINAL_BATCH for b in rows):
                     return
                 time.sleep(interval)
     last: list[str] = []
@@ -183,7 +184,7 @@ def watch_batches(poll: Callable[[], list[dict[str, Any]]], interval: float, out
             for line in lines:
                 click.echo(line)
             last = lines
-        if all(b.get("state") in FINAL_STATES for b in rows):
+        if all(b.get("state") in FINAL_BATCH for b in rows):
             return
         time.sleep(interval)
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from orchestrator import audit, batches, queue, rerender, state
+from orchestrator import audit, batches, queue, rerender
 from orchestrator.api.context import services
 from orchestrator.dashboard.security import actor
-from orchestrator.models import Batch, BatchState, JobState
+from orchestrator.models import FINAL_BATCH, Batch, BatchState, JobState
 
 BULK_CAP = 200  # batches per bulk action: bigger selections are refused with the count
 
@@ -54,9 +54,9 @@ def affected(action: str, batch: Batch) -> int:
     """How many jobs `action` would touch in `batch` (the preview count)."""
     counts = batch.counts()
     if action == "cancel":
-        return 0 if batch.state in state.FINAL_BATCH else sum(counts[s.value] for s in
-                                                              (JobState.queued, JobState.submitting,
-                                                               JobState.submitted))
+        return 0 if batch.state in FINAL_BATCH else sum(counts[s.value] for s in
+                                                        (JobState.queued, JobState.submitting,
+                                                         JobState.submitted))
     if action == "retry":
         return counts[JobState.failed.value]
     return batch.total
@@ -68,7 +68,7 @@ def apply_bulk(session: Session, action: str, targets: list[Batch], *, model: st
     jobs, created = 0, []
     for batch in targets:
         if action == "cancel":
-            jobs += cancel(session, batch) if batch.state not in state.FINAL_BATCH else 0
+            jobs += cancel(session, batch) if batch.state not in FINAL_BATCH else 0
         elif action == "retry":
             jobs += retry(session, batch) if batch.state is not BatchState.cancelled else 0
         elif action == "rerender":

@@ -10,7 +10,7 @@ from typing import Any
 from flask import render_template, request
 from werkzeug.exceptions import HTTPException
 
-from orchestrator.batches import BatchFilter, InvalidQuery
+from orchestrator.batch_lists import BatchFilter, InvalidQuery
 from orchestrator.dashboard.blueprint import bp
 from orchestrator.db import as_utc, utcnow
 from orchestrator.errors import DomainError

@@ -10,14 +10,14 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Response, abort, redirect, render_template, request, url_for
 
-from orchestrator import audit, batches, catalog, gallery, picks, rerender, stats
+from orchestrator import audit, batch_lists, batches, catalog, gallery, picks, rerender, stats
 from orchestrator.api.context import db, services
 from orchestrator.api.results import manifest_line
 from orchestrator.dashboard import actions
 from orchestrator.dashboard.blueprint import bp
 from orchestrator.dashboard.security import actor, require_admin
 from orchestrator.db import as_utc, utcnow
-from orchestrator.models import Asset, Batch, CallbackAttempt, Job, JobState, Schedule
+from orchestrator.models import FINAL_BATCH, Asset, Batch, CallbackAttempt, Job, JobState, Schedule
 from orchestrator.picks import InvalidSelection
 
 GRID_PAGE = 1000
@@ -56,13 +56,12 @@ def batch_page(batch_id: str) -> str:
                                     .order_by(Batch.created_at.desc()).limit(20)))
     schedule = session.get(Schedule, batch.schedule_id) if batch.schedule_id else None
     return render_template("batch.html", batch=batch, **_grid(batch), chart=_chart(session, batch, start, end),
-                           mix=batches.provider_mix(session, [batch.id]).get(batch.id, []), failed=failed,
+                           mix=batch_lists.provider_mix(session, [batch.id]).get(batch.id, []), failed=failed,
                            callbacks=callbacks, children=children, schedule=schedule,
                            pick_count=len(picks.picked(session, batch)), models=sorted(catalog.MODELS),
-                           aliases=sorted(catalog.ALIASES), final=batch.state.value in _FINAL)
+                           aliases=sorted(catalog.ALIASES), final=batch.state in FINAL_BATCH)
 
 
-_FINAL = {"succeeded", "partially_failed", "failed", "cancelled"}
 
 
 def _chart(session: Any, batch: Batch, start: datetime, end: datetime) -> dict[str, Any]:
@@ -79,7 +78,7 @@ def _chart(session: Any, batch: Batch, start: datetime, end: datetime) -> dict[s
 def batch_progress(batch_id: str) -> str:
     """The progress block alone, polled while the batch runs."""
     batch = _batch(batch_id)
-    return render_template("_batch_progress.html", batch=batch, final=batch.state.value in _FINAL)
+    return render_template("_batch_progress.html", batch=batch, final=batch.state in FINAL_BATCH)
 
 
 @bp.get("/batches/<batch_id>/tiles")

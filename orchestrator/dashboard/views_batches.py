@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Response, redirect, render_template, request, url_for
 
-from orchestrator import batches, catalog
+from orchestrator import batch_lists, batches, catalog
 from orchestrator.api.context import db
 from orchestrator.dashboard import actions
 from orchestrator.dashboard.blueprint import bp
@@ -32,9 +32,9 @@ def index() -> Response:
 def _page() -> dict[str, Any]:
     states, filt, sort = parse_filter()
     session = db()
-    rows, nxt = batches.list_batches(session, None, states=states, cursor=request.args.get("cursor"),
+    rows, nxt = batch_lists.list_batches(session, None, states=states, cursor=request.args.get("cursor"),
                                      limit=PAGE, filters=filt, sort=sort)
-    mix = batches.provider_mix(session, [b.id for b in rows])
+    mix = batch_lists.provider_mix(session, [b.id for b in rows])
     schedule_ids = {b.schedule_id for b in rows if b.schedule_id}
     names = dict(session.execute(sa.select(Schedule.id, Schedule.name).where(Schedule.id.in_(schedule_ids))).all()) \
         if schedule_ids else {}
@@ -63,7 +63,7 @@ def _targets() -> tuple[list[Batch], str]:
     session = db()
     if request.form.get("scope") == "filter":
         states, filt, sort = parse_filter()
-        rows, more = batches.list_batches(session, None, states=states, cursor=None, limit=actions.BULK_CAP,
+        rows, more = batch_lists.list_batches(session, None, states=states, cursor=None, limit=actions.BULK_CAP,
                                           filters=filt, sort=sort)
         if more:
             raise InvalidSelection(f"more than {actions.BULK_CAP} batches match this filter; narrow it down "
