@@ -390,6 +390,8 @@ class Run:
     def finish(self) -> tuple[Audit, Counter[str]]:
         self._wait(lambda: http_ok(f"{self.api_url}/healthz"), 60, "the API")
         ledgers = {"fal": self.ledger(self.fal_url), "runware": self.ledger(self.rw_url)}
+        if self.p.keep:
+            (self.tmp / "ledgers.json").write_text(json.dumps(ledgers))
         result = audit(self.pg.url, self.api_url, self.token, ledgers, self.tmp / "storage", self.receiver.calls)
         faults = injected(ledgers) + self.faults
         faults["media expired"] = result.failed_by_code.get("result_expired", 0)
@@ -400,7 +402,10 @@ class Run:
             svc.stop()
         self.redis.kill()
         self.receiver.close()
-        self.pg.destroy()
+        if self.p.keep:
+            self.pg.stop_immediate()  # --keep keeps the database too, to read a failed run's timelines
+        else:
+            self.pg.destroy()
         if not self.p.keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
         else:
