@@ -282,3 +282,29 @@ def test_wait_policy_holds_a_fal_job_for_the_webhook_window(ctx: Context, sessio
         assert s.get(Job, job_id).state is JobState.queued  # type: ignore[union-attr]
     (event,) = [e for e in _events(sessions, job_id) if e.kind == "unknown_outcome_resubmit"]
     assert event.detail["policy"] == "wait" and event.detail["waited_seconds"] == 600
+
+
+def test_a_callback_whose_message_was_lost_stops_the_resubmit_and_is_adopted(
+        ctx: Context, sessions: sessionmaker[Session], fal: FalSandbox) -> None:
+    # Attempt 1's submit answer was lost long ago (past the "resubmit" wait, twice over). Its
+    # callback then came, but the worker that took its message was killed, so the delivery was
+    # never examined. That callback says fal accepted the request: resubmitting would pay twice.
+    with session_scope(sessions) as s:
+        batch, (job,) = make_batch(s, [JobState.submitting], attempt=1,
+                                   submit_started_at=utcnow() - timedelta(minutes=30))
+        batch.unknown_outcome = "resubmit"
+        job_id = job.id
+    delivery_id = _deliver(sessions, job_id, 1, _fal_ok(_fal_request(fal)))
+    with session_scope(sessions) as s:
+        s.execute(sa.update(Delivery).where(Delivery.id == delivery_id)
+                  .values(received_at=utcnow() - timedelta(seconds=10)))
+    redis.Redis.from_url(REDIS_URL).delete(queue.QUEUES[queue.PROCESS_DELIVERY])
+    _settle_unknown(ctx, utcnow())
+    with sessions() as s:
+        assert s.get(Job, job_id).state is JobState.submitting  # type: ignore[union-attr]
+    assert not [e for e in _events(sessions, job_id) if e.kind == "unknown_outcome_resubmit"]
+    # The sweep has the unexamined delivery examined again now, not at the 30 s replay.
+    assert [str(delivery_id)] in _broker_messages(queue.PROCESS_DELIVERY)
+    assert process(ctx, delivery_id) == "storing"
+    with sessions() as s:
+        assert s.get(Job, job_id).state is JobState.storing  # type: ignore[union-attr]
