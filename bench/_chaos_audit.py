@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +18,10 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from orchestrator import webhook_urls
 from orchestrator.models import Asset, Batch, Job, JobEvent
 from orchestrator.state import TERMINAL, final_state
 
-_JOB_IN_URL = re.compile(r"/webhooks/\w+/([0-9a-f-]{36})/(\d+)")
 # Timeline event written for every resubmission after an unknown submit outcome (see maintenance.py).
 RESUBMIT_EVENT = "unknown_outcome_resubmit"
 STATES = ("queued", "submitting", "submitted", "storing", "succeeded", "failed", "cancelled")
@@ -64,8 +63,8 @@ class Audit:
 
 
 def job_of(url: str | None) -> str | None:
-    match = _JOB_IN_URL.search(url or "")
-    return match.group(1) if match else None
+    found = webhook_urls.parse(url)
+    return str(found.job_id) if found else None
 
 
 def audit(db_url: str, api_url: str, token: str, ledgers: dict[str, dict[str, Any]], storage: Path,
@@ -145,10 +144,10 @@ def _discarded(a: Audit, jobs: list[Any], ledgers: dict[str, dict[str, Any]], as
         if not good:
             continue
         paid.add(str(d.get("request_id") or d.get("task_uuid")))
-        match = _JOB_IN_URL.search(d.get("url") or "")
-        if match is None:
+        found = webhook_urls.parse(d.get("url"))
+        if found is None:
             continue
-        job, attempt = match.group(1), int(match.group(2))
+        job, attempt = str(found.job_id), found.attempt
         if d.get("image_uuid"):
             image_attempt[d["image_uuid"]] = attempt
         if d.get("outcome") == "delivered":

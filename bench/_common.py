@@ -27,7 +27,7 @@ import httpx
 import redis
 import sqlalchemy as sa
 
-from orchestrator import auth
+from orchestrator import auth, webhook_urls
 from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.migrate import upgrade
 from orchestrator.models import FINAL_BATCH, Asset, Delivery, Job
@@ -41,7 +41,6 @@ ADMIN_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql+psycopg://postgres@12
 # stack starts, so by default a benchmark uses its own database and can run next to the tests.
 REDIS_URL = os.environ.get("ORCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-_JOB_IN_URL = re.compile(r"/webhooks/\w+/([0-9a-f-]{36})/(\d+)")
 _TASK_DONE = re.compile(r"Task workers\.([\w.]+)\[[^\]]+\] succeeded in ([0-9.e-]+)s")
 
 
@@ -486,9 +485,9 @@ class Timeline:
 
 
 def job_of(url: str | None) -> str | None:
-    """The job id named by a callback URL."""
-    match = _JOB_IN_URL.search(url or "")
-    return match.group(1) if match else None
+    """The job id named by a provider webhook URL."""
+    found = webhook_urls.parse(url)
+    return str(found.job_id) if found else None
 
 
 def _ts(value: datetime | None) -> float | None:

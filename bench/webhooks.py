@@ -47,10 +47,10 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from orchestrator.callbacks import attempt_token
 from orchestrator.db import make_engine, new_id, utcnow
 from orchestrator.models import Batch, BatchState, Delivery, Job, JobState
 from orchestrator.netutil import free_port
+from orchestrator.webhook_urls import attempt_token
 
 MODEL = "fal-ai/flux/schnell"
 USER_ID = "bench-user"

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator import jsonbody
 from orchestrator.models import Delivery, Job, JobEvent
-from orchestrator.providers import runware_parse
+from orchestrator.providers import registry
 
 # Timeline events that record which provider request an attempt made.
 ID_EVENTS = ("submitted",)
@@ -43,32 +42,13 @@ class Verdict:
     reason: str = ""
 
 
-def claimed_id(provider: str, raw: bytes, headers: dict[str, str]) -> tuple[str | None, str]:
-    """The provider request a delivery says it is about, or (None, why not)."""
-    body = _json(raw)
-    if provider == "fal":
-        header = {k.lower(): v for k, v in headers.items()}.get("x-fal-webhook-request-id") or None
-        in_body = body.get("request_id") if isinstance(body, dict) else None
-        in_body = in_body if isinstance(in_body, str) and in_body else None
-        if header and in_body and header != in_body:
-            return None, "the signed request id and the body's request_id differ"
-        found = header or in_body
-        return (found, "") if found else (None, "the delivery names no request id")
-    data, errors = runware_parse.split_body(body)
-    tasks = {str(item["taskUUID"]) for item in data + errors if item.get("taskUUID")}
-    if len(tasks) > 1:
-        return None, "the delivery names several taskUUIDs"
-    if not tasks:
-        return None, "the delivery names no taskUUID"
-    return tasks.pop(), ""
-
-
 def attempt_request_id(session: Session, job: Job, attempt: int, provider: str) -> tuple[str | None, str]:
     """The provider request id of one attempt when known, else None; ("", why) if it cannot be this provider's."""
     if attempt == job.attempt:
         if provider != job.provider:
             return "", f"attempt {attempt} was sent to {job.provider}"
-        return (job.task_id if provider == "runware" else job.provider_request_id), ""
+        # A provider that knows our task id (Runware's taskUUID) has it before any answer comes.
+        return (job.task_id if registry.capabilities(provider).knows_our_task_id else job.provider_request_id), ""
     # An earlier attempt: its request id is on the timeline (the job row holds the current one).
     rows = session.execute(sa.select(JobEvent.detail).where(
         JobEvent.job_id == job.id, JobEvent.attempt == attempt, JobEvent.kind.in_(ID_EVENTS))
@@ -85,7 +65,7 @@ def attempt_request_id(session: Session, job: Job, attempt: int, provider: str) 
 
 def judge(session: Session, job: Job, attempt: int, provider: str, raw: bytes, headers: dict[str, str]) -> Verdict:
     """Decide whether a delivery belongs to `attempt` of `job` (see the module docstring)."""
-    claimed, why = claimed_id(provider, raw, headers)
+    claimed, why = registry.adapter_class(provider).claimed_request_id(headers, raw)
     if claimed is None:
         return Verdict("refused", None, why)
     expected, why = attempt_request_id(session, job, attempt, provider)
@@ -116,9 +96,3 @@ def held_deliveries(session: Session, job_id: uuid.UUID, attempt: int) -> list[u
         Delivery.processed_at.is_(None), Delivery.job_id == job_id, Delivery.attempt == attempt,
         Delivery.verified.is_(True))))
 
-
-def _json(raw: bytes) -> Any:
-    try:
-        return jsonbody.loads(raw)
-    except jsonbody.BodyProblem:
-        return None

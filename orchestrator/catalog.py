@@ -1,9 +1,10 @@
-"""The model catalog: the seven models, their limits and defaults, and the native mappings.
+"""The model catalog: the seven models, their limits, defaults and native fields.
 
 Limits come from ../shared/providers/: fal's documented defaults and presets (numeric bounds
 there are third-party and marked UNCONFIRMED, so they are kept in one table here), and
 Runware's generic imageInference reference (128-2048 in steps of 64, 1-20 results, ...).
-Everything here is a pure function of its inputs.
+Everything here is a pure function of its inputs. How stored parameters become a provider's
+request body is the provider's business (`providers.registry.build_payload`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class ModelSpec:
     prompt_length: Range
     supports_loras: bool = False
     supports_negative_prompt: bool = False
+    # The lowest seed the provider takes (Runware's start at 1: 0 would be refused only at submit).
+    min_seed: int = 0
     native_fields: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
@@ -140,7 +143,7 @@ _RUNWARE = {"provider": "runware", "size": Range(128, 2048, 64), "num_images": R
             "steps": Range(1, 100), "default_steps": 20, "guidance": Range(0, 50), "default_guidance": 7.0,
             "prompt_length": Range(2, 3000), "output_formats": ("jpeg", "png", "webp"),
             "default_output_format": "jpeg", "supports_loras": True, "supports_negative_prompt": True,
-            "native_fields": RUNWARE_NATIVE}
+            "native_fields": RUNWARE_NATIVE, "min_seed": 1}
 
 MODELS: Mapping[str, ModelSpec] = {m.id: m for m in (
     ModelSpec(id="fal-ai/flux/dev", family="flux-dev", title="FLUX.1 [dev] on fal", steps=Range(1, 50),
@@ -298,8 +301,7 @@ def _numbers(spec: ModelSpec, params: Mapping[str, Any], problems: list[tuple[st
             out[name] = value
     seed = params.get("seed")
     if seed is not None:
-        # Runware's seeds start at 1 (providers/runware.md): 0 would be refused only at submit.
-        low = 1 if spec.provider == "runware" else 0
+        low = spec.min_seed
         if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= MAX_SEED:
             problems.append(("seed", f"must be an integer between {low} and {MAX_SEED}"))
         else:
@@ -360,57 +362,6 @@ def _loras(spec: ModelSpec, loras: Any, problems: list[tuple[str, str]]) -> list
         else:
             out.append({"path": path, "scale": float(scale)})
     return out
-
-
-def to_native(spec: ModelSpec, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Map stored (normalized) parameters onto the provider's request body."""
-    if spec.provider == "fal":
-        return _to_fal(spec, params)
-    return _to_runware(spec, params)
-
-
-def _to_fal(spec: ModelSpec, p: Mapping[str, Any]) -> dict[str, Any]:
-    size = (p["width"], p["height"])
-    preset = next((name for name, wh in FAL_SIZE_PRESETS.items() if wh == size), None)
-    body: dict[str, Any] = {
-        "prompt": p["prompt"],
-        "image_size": preset or {"width": size[0], "height": size[1]},
-        "num_inference_steps": p["steps"],
-        "num_images": p["num_images"],
-        "output_format": p["output_format"],
-        "enable_safety_checker": True,
-    }
-    if spec.guidance is not None and "guidance" in p:
-        body["guidance_scale"] = p["guidance"]
-    if "seed" in p:
-        body["seed"] = p["seed"]
-    if p.get("loras"):
-        body["loras"] = [{"path": x["path"], "scale": x["scale"]} for x in p["loras"]]
-    body.update(p.get("native", {}))
-    return body
-
-
-def _to_runware(spec: ModelSpec, p: Mapping[str, Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": spec.id,
-        "positivePrompt": p["prompt"],
-        "width": p["width"],
-        "height": p["height"],
-        "steps": p["steps"],
-        "numberResults": p["num_images"],
-        "outputType": "URL",
-        "outputFormat": {"jpeg": "JPG", "png": "PNG", "webp": "WEBP"}[p["output_format"]],
-    }
-    if "guidance" in p:
-        body["CFGScale"] = p["guidance"]
-    if "seed" in p:
-        body["seed"] = p["seed"]
-    if p.get("negative_prompt"):
-        body["negativePrompt"] = p["negative_prompt"]
-    if p.get("loras"):
-        body["lora"] = [{"model": x["path"], "weight": x["scale"]} for x in p["loras"]]
-    body.update(p.get("native", {}))
-    return body
 
 
 def for_fallback(params: Mapping[str, Any], target: ModelSpec) -> dict[str, Any]:

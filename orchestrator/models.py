@@ -156,7 +156,7 @@ class Job(Base):
     # `submitting` with this set may have reached the provider, so it is never resent blindly.
     submit_started_at: Mapped[datetime | None] = mapped_column(Timestamp())
     last_polled_at: Mapped[datetime | None] = mapped_column(Timestamp())
-    # Unused: callback tokens are now derived per attempt (orchestrator.callbacks). Kept, and no
+    # Unused: callback tokens are now derived per attempt (orchestrator.webhook_urls). Kept, and no
     # longer written, so the previous release still runs against this schema; a later contract
     # migration drops it.
     callback_token: Mapped[str | None] = mapped_column(sa.String(64))

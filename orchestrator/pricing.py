@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator import catalog
+from orchestrator.providers import registry
 
 MEGAPIXEL = 1024 * 1024
 MICRO = Decimal("0.000001")
@@ -107,7 +108,7 @@ def _entry(model: str, entry: Any) -> Price:
     spec = catalog.MODELS.get(model)
     if spec is None:
         raise PriceError(f"ORCH_PRICES: unknown model {model!r}; known models: {', '.join(catalog.MODELS)}")
-    default: Rounding = "ceil" if spec.provider == "fal" else "exact"
+    default: Rounding = registry.capabilities(spec.provider).price_rounding
     raw, rounding = entry, default
     if isinstance(entry, dict):
         unknown = set(entry) - {"usd_per_mp", "rounding"}
@@ -198,5 +199,10 @@ def table_json(prices: Mapping[str, Price]) -> list[dict[str, Any]]:
     """The price table as the API and README show it."""
     return [{"model": m, "provider": catalog.MODELS[m].provider, "usd_per_megapixel": float(p.usd_per_mp),
              "megapixel_rounding": "ceil per image" if p.rounding == "ceil" else "pro rata",
-             "source": "reported by the provider" if catalog.MODELS[m].provider == "runware" else "price table"}
+             "source": _source(catalog.MODELS[m].provider)}
             for m, p in prices.items()]
+
+
+def _source(provider: str) -> str:
+    """Where a job's recorded cost comes from."""
+    return "reported by the provider" if registry.capabilities(provider).reports_cost else "price table"

@@ -16,9 +16,23 @@ from urllib.parse import quote, unquote, urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.providers.base import ProviderSettings
+from orchestrator.providers.registry import PROVIDERS
+
 if TYPE_CHECKING:
     from orchestrator.catalog_source import SourcePolicy
     from orchestrator.pricing import Price
+
+
+# Which settings (and so which environment variables) configure each provider account. The
+# names predate ProviderSettings and stay: FAL_KEY, ORCH_FAL_QUEUE_URL, RUNWARE_API_KEY, ...
+_PROVIDER_FIELDS: Mapping[str, Mapping[str, str]] = {
+    "fal": {"api_key": "fal_key", "base_url": "fal_queue_url", "max_in_flight": "fal_max_in_flight",
+            "rate_per_second": "fal_rate_per_second", "signing_keys_url": "fal_jwks_url",
+            "account_id": "fal_user_id", "pricing_url": "fal_api_url"},
+    "runware": {"api_key": "runware_api_key", "base_url": "runware_api_url",
+                "max_in_flight": "runware_max_in_flight", "rate_per_second": "runware_rate_per_second"},
+}
 
 
 class Settings(BaseSettings):
@@ -145,10 +159,8 @@ class Settings(BaseSettings):
 
     def allowed_hosts(self) -> tuple[str, ...]:
         """Hosts the store step may download from: the providers' CDNs and their API hosts."""
-        from urllib.parse import urlsplit
-
         hosts = [h.strip() for h in self.download_allowed_hosts.split(",") if h.strip()]
-        for url in (self.fal_queue_url, self.runware_api_url):
+        for url in (self.provider(p).base_url for p in PROVIDERS):
             parts = urlsplit(url)
             if parts.hostname:
                 hosts.append(parts.netloc.rsplit("@", 1)[-1])
@@ -161,16 +173,23 @@ class Settings(BaseSettings):
         return SourcePolicy(max_bytes=self.source_max_bytes, timeout=self.source_timeout_seconds,
                             allow_private=self.source_allow_private, max_rows=self.max_items_per_batch)
 
+    def provider(self, name: str) -> ProviderSettings:
+        """One provider account's settings: key, base URL, limits and its extras."""
+        fields = _PROVIDER_FIELDS.get(name)
+        if fields is None:
+            raise ValueError(f"unknown provider {name!r}; expected one of {', '.join(PROVIDERS)}")
+        values = {attr: getattr(self, field) for attr, field in fields.items()}
+        return ProviderSettings(name=name, **{**values, "api_key": values["api_key"].get_secret_value()})
+
     def provider_limits(self, provider: str) -> tuple[int, float]:
         """(max in flight, requests per second) for a provider account."""
-        if provider == "fal":
-            return self.fal_max_in_flight, self.fal_rate_per_second
-        return self.runware_max_in_flight, self.runware_rate_per_second
+        account = self.provider(provider)
+        return account.max_in_flight, account.rate_per_second
 
     def secrets(self) -> tuple[str, ...]:
         """Every configured secret value, for redaction."""
-        values = (self.secret_key, self.fal_key, self.runware_api_key)
-        found = [v.get_secret_value() for v in values if v.get_secret_value()]
+        values = (self.secret_key.get_secret_value(), *(self.provider(p).api_key for p in PROVIDERS))
+        found = [v for v in values if v]
         # Passwords inside connection URLs (Postgres, Redis, S3-style storage) are secrets too.
         for url in (self.database_url, self.broker_url, self.storage_url):
             try:

@@ -21,6 +21,7 @@ import httpx
 import redis
 from werkzeug.serving import make_server
 
+from orchestrator import webhook_urls
 from orchestrator.models import FINAL_BATCH
 from orchestrator.netutil import free_port
 from orchestrator.sandbox.config import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalConfig, RunwareConfig
@@ -73,7 +74,8 @@ class Stack:
         """Accepted submissions counted by the job id in their webhook URL."""
         counts: dict[str, int] = {}
         for sub in self.submissions(provider):
-            job_id = str(sub.get("webhook_url") or "").split("/webhooks/")[-1].split("/")[1]
+            found = webhook_urls.parse(sub.get("webhook_url"))
+            job_id = str(found.job_id) if found else ""
             counts[job_id] = counts.get(job_id, 0) + 1
         return counts
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator import catalog as c
+from orchestrator.providers.registry import build_payload
 
 
 @pytest.mark.parametrize(("model", "steps", "guidance", "fmt"), [
@@ -25,21 +26,21 @@ def test_documented_defaults(model: str, steps: int, guidance: float | None, fmt
 
 def test_fal_native_request() -> None:
     spec = c.MODELS["fal-ai/flux/dev"]
-    body = c.to_native(spec, c.normalize(spec, {"prompt": "p", "image_size": "square_hd", "seed": 2**64 - 1,
+    body = build_payload(spec, c.normalize(spec, {"prompt": "p", "image_size": "square_hd", "seed": 2**64 - 1,
                                                 "native": {"acceleration": "high"}}))
     assert body == {"prompt": "p", "image_size": "square_hd", "num_inference_steps": 28, "num_images": 1,
                     "output_format": "jpeg", "enable_safety_checker": True, "guidance_scale": 3.5,
                     "seed": 2**64 - 1, "acceleration": "high"}
-    custom = c.to_native(spec, c.normalize(spec, {"prompt": "p", "width": 800, "height": 600}))
+    custom = build_payload(spec, c.normalize(spec, {"prompt": "p", "width": 800, "height": 600}))
     assert custom["image_size"] == {"width": 800, "height": 600}
 
 
 def test_fal_lora_and_lightning() -> None:
     lora = c.MODELS["fal-ai/flux-lora"]
-    body = c.to_native(lora, c.normalize(lora, {"prompt": "p", "loras": [{"path": "https://x/l.safetensors"}]}))
+    body = build_payload(lora, c.normalize(lora, {"prompt": "p", "loras": [{"path": "https://x/l.safetensors"}]}))
     assert body["loras"] == [{"path": "https://x/l.safetensors", "scale": 1.0}]
     light = c.MODELS["rundiffusion-fal/juggernaut-flux/lightning"]
-    assert "guidance_scale" not in c.to_native(light, c.normalize(light, {"prompt": "p"}))
+    assert "guidance_scale" not in build_payload(light, c.normalize(light, {"prompt": "p"}))
     with pytest.raises(c.CatalogError) as err:
         c.normalize(light, {"prompt": "p", "guidance": 2})
     assert err.value.problems == [("guidance", "is not supported by rundiffusion-fal/juggernaut-flux/lightning")]
@@ -51,7 +52,7 @@ def test_runware_native_request() -> None:
                                 "num_images": 3, "output_format": "webp", "seed": 7, "guidance": 4.5,
                                 "loras": [{"path": "civitai:1@2", "scale": 0.5}],
                                 "native": {"outputQuality": 80}})
-    assert c.to_native(spec, params) == {
+    assert build_payload(spec, params) == {
         "model": "rundiffusion:130@100", "positivePrompt": "a fox", "width": 512, "height": 512, "steps": 20,
         "numberResults": 3, "outputType": "URL", "outputFormat": "WEBP", "CFGScale": 4.5, "seed": 7,
         "negativePrompt": "blurry", "lora": [{"model": "civitai:1@2", "weight": 0.5}], "outputQuality": 80}

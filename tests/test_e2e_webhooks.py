@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
-from orchestrator.callbacks import attempt_token
 from orchestrator.models import Asset, Delivery, JobEvent
 from orchestrator.sandbox.faults import Faults
+from orchestrator.webhook_urls import attempt_token
 from tests.conftest import StackFactory, make_key
 from tests.stack import CallbackReceiver
 

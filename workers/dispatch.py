@@ -20,14 +20,14 @@ from celery import shared_task
 
 from orchestrator import catalog, queue, state
 from orchestrator.binding import held_deliveries
-from orchestrator.callbacks import callback_url
 from orchestrator.db import utcnow
 from orchestrator.log import bound
 from orchestrator.models import Job, JobState
 from orchestrator.pricing import Price
 from orchestrator.providers.base import Lane, SubmitRequest, Submitted
 from orchestrator.providers.errors import PermanentProviderError, ProviderError, RateLimited
-from orchestrator.providers.registry import PROVIDERS
+from orchestrator.providers.registry import PROVIDERS, build_payload
+from orchestrator.webhook_urls import webhook_url
 from workers import admission
 from workers import failover as failover_jobs
 from workers.context import Context, ctx, on_slot_freed
@@ -149,9 +149,9 @@ def count_call(c: Context, provider: str, outcome: str, code: object) -> None:
 def build_request(c: Context, job: Job) -> SubmitRequest:
     """The provider request for a job's current attempt."""
     spec = catalog.MODELS[job.model]
-    url = callback_url(c.settings.public_url, job.provider, job.id, job.attempt, c.settings.resolved_secret_key())
+    url = webhook_url(c.settings.public_url, job.provider, job.id, job.attempt, c.settings.resolved_secret_key())
     lane: Lane = "bulk" if job.lane == "bulk" else "interactive"
-    return SubmitRequest(model=job.model, payload=catalog.to_native(spec, job.params), webhook_url=url,
+    return SubmitRequest(model=job.model, payload=build_payload(spec, job.params), webhook_url=url,
                          lane=lane, task_id=job.task_id or str(uuid.uuid4()))
 
 

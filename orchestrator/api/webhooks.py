@@ -18,49 +18,50 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator import binding, jsonbody, queue
+from orchestrator import binding, queue, webhook_urls
 from orchestrator.api.context import db, services
 from orchestrator.api.problems import problem
-from orchestrator.callbacks import parse_target, token_matches
 from orchestrator.db import upsert_insert
 from orchestrator.errors import PROBLEM_TYPES as BASE
 from orchestrator.log import bind
 from orchestrator.models import Delivery, Job
-from orchestrator.providers import runware_parse
-from orchestrator.providers.errors import TransientProviderError
-from orchestrator.providers.fal_signature import InvalidSignature, JwksCache
-from orchestrator.providers.registry import PROVIDERS
+from orchestrator.providers import registry
+from orchestrator.providers.base import ProviderAdapter, ProviderSettings
+from orchestrator.providers.errors import TransientProviderError, WebhookRejected
 
 log = logging.getLogger(__name__)
-bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
-KEPT_HEADERS = ("content-type", "user-agent", "x-fal-webhook-request-id", "x-fal-webhook-user-id",
-                "x-fal-webhook-timestamp", "x-fal-webhook-signature")
+bp = Blueprint("webhooks", __name__, url_prefix=webhook_urls.PREFIX)
+KEPT_HEADERS = ("content-type", "user-agent", *registry.webhook_headers())
 
 
 @bp.post("/<provider>/<job_id>/<attempt>")
 def receive(provider: str, job_id: str, attempt: str) -> Response | tuple[Response, int]:
-    """Accept one provider callback."""
+    """Accept one provider callback: target, token, the provider's own check, binding, store."""
     raw = request.get_data(cache=False)
     headers = {k: v for k, v in request.headers.items() if k.lower() in KEPT_HEADERS}
-    if provider not in PROVIDERS:
+    if provider not in registry.PROVIDERS:
         return _reject(provider, raw, headers, None, None, 404, "no webhook endpoint for this provider")
-    target = parse_target(job_id, attempt)
+    target = webhook_urls.target(provider, job_id, attempt)
     session = db()
     job = session.get(Job, target.job_id) if target else None
     if target is None or job is None:
         return _reject(provider, raw, headers, None, None, 404, "no such job")
     bind(job_id=job.id, batch_id=job.batch_id)
-    if not token_matches(services().settings.resolved_secret_key(), target, request.args.get("token")):
+    settings = services().settings
+    if not webhook_urls.token_matches(settings.resolved_secret_key(), target, request.args.get("token")):
         return _reject(provider, raw, headers, job.id, target.attempt, 401, "wrong token")
-    if provider == "fal":
-        rejection = _check_fal(headers, raw)
-        if rejection is not None:
-            return rejection if isinstance(rejection, Response) else _reject(
-                provider, raw, headers, job.id, target.attempt, 401, rejection, keep_body=True)
+    adapter = _adapter(settings.provider(provider))
+    try:
+        adapter.verify_webhook(headers, raw)
+    except WebhookRejected as exc:
+        return _reject(provider, raw, headers, job.id, target.attempt, 401, exc.reason, keep_body=True)
+    except TransientProviderError:
+        # We cannot check it right now (fal's signing keys); a 5xx makes the provider deliver again later.
+        return problem(503, "Verification unavailable", "signing keys could not be fetched", BASE + "unavailable")
     verdict = binding.judge(session, job, target.attempt, provider, raw, headers)
     if verdict.decision == "refused":
         return _reject(provider, raw, headers, job.id, target.attempt, 409, verdict.reason, keep_body=True)
-    key = _event_key(provider, job.id, target.attempt, verdict.claimed or "", raw)
+    key = adapter.event_key(job.id, target.attempt, verdict.claimed or "", raw)
     return _store(provider, raw, headers, job.id, target.attempt, key, held=verdict.decision == "held")
 
 
@@ -72,51 +73,10 @@ def unknown_path(rest: str) -> tuple[Response, int]:
     return _reject(rest.split("/", 1)[0], raw, headers, None, None, 404, "no such webhook endpoint")
 
 
-def _check_fal(headers: dict[str, str], raw: bytes) -> str | Response | None:
-    settings = services().settings
-    try:
-        jwks(settings.fal_jwks_url).verify(headers, raw)
-    except InvalidSignature as exc:
-        return f"bad signature: {exc}"
-    except TransientProviderError:
-        # We cannot check it right now; a 5xx makes fal deliver again later.
-        return problem(503, "Verification unavailable", "signing keys could not be fetched", BASE + "unavailable")
-    user = {k.lower(): v for k, v in headers.items()}.get("x-fal-webhook-user-id", "")
-    if settings.fal_user_id and user != settings.fal_user_id:
-        return "signed for another fal user"
-    return None
-
-
 @cache
-def jwks(url: str) -> JwksCache:
-    """One key cache per JWKS URL per process."""
-    return JwksCache(url)
-
-
-def _event_key(provider: str, job_id: Any, attempt: int, request_id: str, raw: bytes) -> str:
-    """What identifies one provider event, so its retries are recorded once.
-
-    It names the job and attempt as well as the provider request, so a delivery stored for one
-    job or attempt can never make another's genuine delivery look like a duplicate.
-    """
-    key = f"{provider}:{job_id}:{attempt}:{request_id}"
-    if provider == "fal":
-        return key if len(key) <= 300 else key[:200] + ":sha256:" + hashlib.sha256(key.encode()).hexdigest()
-    # Runware sends one POST per image, all with the same taskUUID: each image is its own event.
-    data, errors = runware_parse.split_body(_json(raw))
-    parts = sorted([str(i.get("imageUUID")) for i in data if i.get("imageUUID")]
-                   + [f"error:{i.get('code')}" for i in errors])
-    detail = ",".join(parts) if parts else "sha256:" + hashlib.sha256(raw).hexdigest()
-    if len(key) + len(detail) > 299:
-        detail = "sha256:" + hashlib.sha256(detail.encode()).hexdigest()
-    return f"{key}:{detail}"[:300]
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return jsonbody.loads(raw)
-    except jsonbody.BodyProblem:
-        return None  # hostile or malformed: the event key falls back to the body's digest
+def _adapter(account: ProviderSettings) -> ProviderAdapter:
+    """One adapter per provider account per process (the receiver only verifies and keys deliveries)."""
+    return registry.from_settings(account)
 
 
 def _store(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, attempt: int,

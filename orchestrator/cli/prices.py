@@ -38,18 +38,19 @@ def prices_sync(output: Path) -> None:
     import httpx
 
     from orchestrator import catalog
-    from orchestrator.providers.fal_pricing import FalPricing, PricingUnavailable
+    from orchestrator.providers.fal.parse import PROVIDER
+    from orchestrator.providers.fal.pricing import FalPricing, PricingUnavailable
     from orchestrator.settings import get_settings
 
     settings = get_settings()
-    key = settings.fal_key.get_secret_value()
-    if not key:
+    account = settings.provider(PROVIDER)
+    if not account.api_key:
         raise click.ClickException("FAL_KEY is not set: fal's pricing API needs the account key")
-    fal_models = [m.id for m in catalog.MODELS.values() if m.provider == "fal"]
+    fal_models = [m.id for m in catalog.MODELS.values() if m.provider == PROVIDER]  # the ones fal prices
     table = settings.price_table()
     try:
         with httpx.Client() as http:
-            live = FalPricing(settings.fal_api_url, key, http).per_megapixel(fal_models)
+            live = FalPricing(account.pricing_url, account.api_key, http).per_megapixel(fal_models)
     except PricingUnavailable as exc:
         raise click.ClickException(f"{exc}; the price table is unchanged") from None
     pinned: dict[str, Any] = {m: {"usd_per_mp": str(p.usd_per_mp), "rounding": p.rounding} for m, p in table.items()}

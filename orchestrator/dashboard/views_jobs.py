@@ -13,6 +13,7 @@ from orchestrator.api.context import db, services
 from orchestrator.dashboard.blueprint import bp
 from orchestrator.dashboard.security import actor, require_admin
 from orchestrator.models import Asset, Job, JobEvent
+from orchestrator.providers.registry import build_payload
 
 
 def native_request(job: Job) -> str:
@@ -21,7 +22,7 @@ def native_request(job: Job) -> str:
     if spec is None:
         return "(model no longer in the catalog)"
     try:
-        return json.dumps(catalog.to_native(spec, job.params), indent=2, ensure_ascii=False)
+        return json.dumps(build_payload(spec, job.params), indent=2, ensure_ascii=False)
     except Exception as exc:  # a stored job from an older catalog: show why instead of failing the page
         return f"(cannot rebuild: {type(exc).__name__})"
 

@@ -9,12 +9,11 @@ from typing import Any
 
 import httpx
 
-from orchestrator.providers.errors import TransientProviderError, parse_retry_after
+from orchestrator.providers.errors import SendFailure, TransientProviderError, parse_retry_after
 from orchestrator.redact import redact_text
 
 # Generous read timeout: fal's result GET and Runware's POST can be slow under load, while a
 # dead host should fail fast so the caller's backoff takes over.
-NOT_SENT = "not_sent"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 USER_AGENT = "image-orchestrator/0.1"
 
@@ -36,21 +35,21 @@ def send(
 ) -> httpx.Response:
     """Send one request; map timeouts and connection failures onto TransientProviderError.
 
-    The code says whether the request may have reached the provider: `not_sent` (connecting
-    failed, safe to resend) versus `timeout` / `connection_error` (it may have been received,
-    so a submit must not be resent blindly).
+    The code (a `SendFailure`) says whether the request may have reached the provider: `not_sent`
+    (connecting failed, safe to resend) versus `timeout` / `connection_error` (it may have been
+    received, so a submit must not be resent blindly: `ProviderError.outcome_unknown`).
     """
     try:
         return client.request(method, url, timeout=timeout, **kwargs)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         message = redact_text(f"{method} could not connect: {type(exc).__name__}", secrets)
-        raise TransientProviderError(provider, message, code=NOT_SENT) from exc
+        raise TransientProviderError(provider, message, code=SendFailure.NOT_SENT.value) from exc
     except httpx.TimeoutException as exc:
         message = f"{method} timed out ({type(exc).__name__})"
-        raise TransientProviderError(provider, message, code="timeout") from exc
+        raise TransientProviderError(provider, message, code=SendFailure.TIMEOUT.value) from exc
     except httpx.TransportError as exc:
         message = redact_text(f"{method} failed: {type(exc).__name__}: {exc}", secrets)
-        raise TransientProviderError(provider, message, code="connection_error") from exc
+        raise TransientProviderError(provider, message, code=SendFailure.CONNECTION_ERROR.value) from exc
 
 
 def json_body(response: httpx.Response) -> Any:

@@ -9,10 +9,12 @@
         └── NotFound                   the task or its result is no longer available
             └── ResultExpired          fal result past its retention window
 
-Two questions the caller asks of an error:
+Three questions the caller asks of an error:
 - `retry_call`: repeating the same HTTP call may succeed (Transient and its subclasses).
 - `retry_job`: a fresh attempt of the job (a new provider request) may succeed. True for
   transient errors and for NotFound/ResultExpired: the work is lost, not invalid.
+- `outcome_unknown`: the call failed on the wire after it may have reached the provider
+  (`SendFailure.TIMEOUT`, `SendFailure.CONNECTION_ERROR`), so a submit must not be resent blindly.
 
 Messages pass through `redact_text` so no API key, auth header or presigned signature leaks
 into logs, job rows or API responses; adapters also hand their own secrets to `redact_text`.
@@ -23,12 +25,30 @@ from __future__ import annotations
 import time
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from orchestrator.redact import redact_text
 
 # Provider messages can be long HTML error pages; keep job rows and logs small.
 MAX_MESSAGE_CHARS = 500
+
+
+class SendFailure(StrEnum):
+    """The `code` of a call that failed on the wire (`providers._http.send`), not at the provider."""
+
+    NOT_SENT = "not_sent"  # connecting failed: the request never left, safe to resend
+    TIMEOUT = "timeout"  # sent, no answer in time: the provider may have received it
+    CONNECTION_ERROR = "connection_error"  # the connection broke mid-call: it may have been received
+
+    @property
+    def may_have_arrived(self) -> bool:
+        """Whether the provider may have received the request (its outcome is unknown)."""
+        return self is not SendFailure.NOT_SENT
+
+
+# The codes whose call may have reached the provider: the submit's outcome is unknown.
+UNKNOWN_OUTCOME = frozenset(f for f in SendFailure if f.may_have_arrived)
 
 
 class ProviderError(Exception):
@@ -59,6 +79,11 @@ class ProviderError(Exception):
             details.append(f"parameter={self.parameter}")
         suffix = ", ".join(d for d in details if d)
         return f"{self.provider}: {self.message}" + (f" ({suffix})" if suffix else "")
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """Whether the call may have reached the provider although it failed (see SendFailure)."""
+        return self.code in UNKNOWN_OUTCOME
 
     def _kwargs(self) -> dict[str, Any]:
         """Keyword arguments needed to rebuild this error."""
@@ -164,3 +189,15 @@ def _seconds_until_http_date(value: str, now: float) -> float | None:
     if when.tzinfo is None:  # "-0000" yields a naive datetime; HTTP dates are always UTC
         when = when.replace(tzinfo=UTC)
     return when.timestamp() - now
+
+
+class WebhookRejected(Exception):
+    """A callback failed the provider's own authenticity check (`verify_webhook`): answer 401.
+
+    Not a ProviderError: nothing went wrong at the provider; someone sent us a delivery we
+    must not trust. `reason` is safe to log and to store with the refused delivery.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

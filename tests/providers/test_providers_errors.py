@@ -19,9 +19,9 @@ from orchestrator.providers.errors import (
     TransientProviderError,
     parse_retry_after,
 )
-from orchestrator.providers.fal import FalAdapter
+from orchestrator.providers.fal.adapter import FalAdapter
 from orchestrator.providers.registry import make_adapter
-from orchestrator.providers.runware import RunwareAdapter
+from orchestrator.providers.runware.adapter import RunwareAdapter
 
 NOW = 1_800_000_000.0
 

@@ -21,7 +21,7 @@ from orchestrator.providers.errors import (
     ResultExpired,
     TransientProviderError,
 )
-from orchestrator.providers.fal import FalAdapter
+from orchestrator.providers.fal.adapter import FalAdapter
 
 BASE = "http://127.0.0.1:9001"
 KEY = "key-id-123:key-secret-456"

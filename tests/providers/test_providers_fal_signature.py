@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,7 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from orchestrator.netutil import free_port
-from orchestrator.providers.fal_signature import (
+from orchestrator.providers.errors import TransientProviderError, WebhookRejected
+from orchestrator.providers.fal.adapter import FalAdapter
+from orchestrator.providers.fal.signature import (
     InvalidSignature,
     JwksCache,
     JwksUnavailable,
@@ -24,6 +27,7 @@ from orchestrator.providers.fal_signature import (
     keys_from_jwks,
     verify_fal_signature,
 )
+from orchestrator.providers.runware.adapter import RunwareAdapter
 
 NOW = 1_800_000_000
 BODY = b'{"request_id":"r-1","status":"OK","payload":{"images":[],"seed":15860307465884635512}}'
@@ -309,3 +313,41 @@ def test_expired_cache_is_not_used_when_refetch_fails(
     clock.now += 24 * 3600
     with pytest.raises(JwksUnavailable):
         cache.verify(sign(key, ts=int(clock.now)), BODY)
+
+
+# --- FalAdapter.verify_webhook: the receiver's check, over the shared per-URL key cache ----------
+
+
+def _signed_now(key: Ed25519PrivateKey, body: bytes = BODY) -> dict[str, str]:
+    return sign(key, body, ts=int(time.time()))
+
+
+def test_adapter_accepts_a_webhook_fal_signed(jwks: JwksServer, key: Ed25519PrivateKey) -> None:
+    jwks.publish(key)
+    FalAdapter("k", jwks_url=jwks.url).verify_webhook(_signed_now(key), BODY)
+    FalAdapter("k", jwks_url=jwks.url, user_id="user-9").verify_webhook(_signed_now(key), BODY)
+    assert jwks.hits == 1  # one key cache per JWKS URL per process, whichever adapter asks
+
+
+def test_adapter_rejects_a_tampered_body(jwks: JwksServer, key: Ed25519PrivateKey) -> None:
+    jwks.publish(key)
+    with pytest.raises(WebhookRejected) as info:
+        FalAdapter("k", jwks_url=jwks.url).verify_webhook(_signed_now(key), BODY.replace(b"OK", b"ERROR"))
+    assert info.value.reason == "bad signature: no published key verifies the signature"
+
+
+def test_adapter_rejects_another_fal_users_webhook(jwks: JwksServer, key: Ed25519PrivateKey) -> None:
+    jwks.publish(key)
+    with pytest.raises(WebhookRejected) as info:
+        FalAdapter("k", jwks_url=jwks.url, user_id="user-1").verify_webhook(_signed_now(key), BODY)
+    assert info.value.reason == "signed for another fal user"
+
+
+def test_adapter_cannot_verify_without_keys(jwks: JwksServer, key: Ed25519PrivateKey) -> None:
+    jwks.status = 503
+    with pytest.raises(TransientProviderError):  # the receiver answers 503: fal delivers again
+        FalAdapter("k", jwks_url=jwks.url).verify_webhook(_signed_now(key), BODY)
+
+
+def test_runware_has_no_signature_to_check() -> None:
+    RunwareAdapter("k").verify_webhook({}, b"{}")  # the URL token is Runware's only proof

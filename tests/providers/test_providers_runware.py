@@ -20,7 +20,7 @@ from orchestrator.providers.errors import (
     RateLimited,
     TransientProviderError,
 )
-from orchestrator.providers.runware import RunwareAdapter
+from orchestrator.providers.runware.adapter import RunwareAdapter
 
 URL = "http://127.0.0.1:9002/v1"
 KEY = "rw-api-key-0123456789"

@@ -16,11 +16,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.callbacks import attempt_token
 from orchestrator.models import Asset, Delivery, Job, JobEvent, JobState
 from orchestrator.sandbox.config import FAL_DEV_KEY
 from orchestrator.sandbox.fal_webhooks import ok_body
 from orchestrator.sandbox.faults import Faults
+from orchestrator.webhook_urls import attempt_token
 from tests.conftest import StackFactory, make_key
 from tests.stack import Stack, wait_for
 

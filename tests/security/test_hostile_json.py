@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.callbacks import attempt_token
 from orchestrator.models import Batch, Delivery, Job, Schedule
 from orchestrator.settings import Settings
+from orchestrator.webhook_urls import attempt_token
 
 MODEL = "fal-ai/flux/schnell"
 DEEP = "[" * 200_000 + "]" * 200_000

@@ -20,10 +20,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.callbacks import attempt_token
 from orchestrator.models import Batch, Delivery, Job, JobEvent
 from orchestrator.netutil import free_port
 from orchestrator.sandbox.faults import Faults
+from orchestrator.webhook_urls import attempt_token
 from tests.conftest import StackFactory, make_key
 
 pytestmark = pytest.mark.slow

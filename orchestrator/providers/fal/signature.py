@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import cache
 from typing import Any
 
 import httpx
@@ -184,3 +185,9 @@ class JwksCache:
             raise JwksUnavailable("fal", "JWKS holds no usable Ed25519 key", response.status_code, "jwks_unavailable")
         self._keys = keys
         self._fetched_at = self._clock()
+
+
+@cache
+def shared_jwks(url: str) -> JwksCache:
+    """One key cache per JWKS URL per process (every adapter and app in it shares the keys)."""
+    return JwksCache(url)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlencode, urlsplit
 
 import httpx
 
-from orchestrator.providers import fal_parse
 from orchestrator.providers._http import (
     DEFAULT_TIMEOUT,
     json_body,
@@ -17,16 +18,33 @@ from orchestrator.providers._http import (
     send,
     text_snippet,
 )
-from orchestrator.providers.base import Outcome, SubmitRequest, Submitted
+from orchestrator.providers.base import (
+    EVENT_KEY_CHARS,
+    Capabilities,
+    Outcome,
+    ProviderSettings,
+    SubmitRequest,
+    Submitted,
+    event_key_prefix,
+    header,
+    webhook_json,
+)
 from orchestrator.providers.errors import (
     AuthenticationFailed,
     InsufficientCredits,
     ProviderError,
     RateLimited,
     TransientProviderError,
+    WebhookRejected,
 )
-from orchestrator.providers.fal_parse import PROVIDER, Context, QueueUrls
+from orchestrator.providers.fal import parse as fal_parse
+from orchestrator.providers.fal import payload
+from orchestrator.providers.fal.parse import PROVIDER, Context, QueueUrls
+from orchestrator.providers.fal.signature import DEFAULT_JWKS_URL, SIGNED_HEADERS, InvalidSignature, shared_jwks
 from orchestrator.redact import redact_text
+
+if TYPE_CHECKING:
+    from orchestrator.catalog import ModelSpec
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
 _SUBMIT_META = ("status_url", "response_url", "cancel_url", "queue_position", "gateway_request_id")
@@ -38,6 +56,10 @@ class FalAdapter:
     """Talks to fal's queue API (`ORCH_FAL_QUEUE_URL`) with `Authorization: Key <key>`."""
 
     name = PROVIDER
+    DEFAULT_BASE_URL: ClassVar[str] = DEFAULT_QUEUE_URL
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        images_together=True, knows_our_task_id=False, reports_cost=False, price_rounding="ceil")
+    webhook_headers: ClassVar[tuple[str, ...]] = SIGNED_HEADERS  # kept for the audit
 
     def __init__(
         self,
@@ -47,12 +69,27 @@ class FalAdapter:
         *,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         status_logs: bool = False,
+        jwks_url: str = DEFAULT_JWKS_URL,
+        user_id: str = "",
     ) -> None:
         self._key = api_key
         self._base = base_url.rstrip("/")
         self._client = client or new_client(timeout)
         self._timeout = timeout
         self._status_logs = status_logs
+        self._jwks_url = jwks_url
+        self._user_id = user_id
+
+    @classmethod
+    def from_settings(cls, settings: ProviderSettings, client: httpx.Client | None = None) -> FalAdapter:
+        """The adapter for one configured fal account (ORCH_FAL_*, FAL_KEY)."""
+        return cls(settings.api_key, settings.base_url or cls.DEFAULT_BASE_URL, client,
+                   jwks_url=settings.signing_keys_url or DEFAULT_JWKS_URL, user_id=settings.account_id)
+
+    @staticmethod
+    def build_payload(spec: ModelSpec, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Stored parameters as fal's model input (see `payload`)."""
+        return payload.build_payload(spec, params)
 
     def submit(self, req: SubmitRequest) -> Submitted:
         """POST the model input to the full endpoint id with `?fal_webhook=`."""
@@ -128,6 +165,39 @@ class FalAdapter:
     def parse_webhook(self, body: bytes) -> Outcome:
         """Interpret a verified fal webhook body."""
         return fal_parse.parse_webhook_body(body)
+
+    def verify_webhook(self, headers: Mapping[str, str], raw: bytes) -> None:
+        """fal signs its webhooks (Ed25519, published keys): check it, and whose account it was.
+
+        JwksUnavailable (a TransientProviderError) passes through: the keys cannot be fetched
+        now, so the receiver answers 5xx and fal delivers again later.
+        """
+        try:
+            shared_jwks(self._jwks_url).verify(headers, raw)
+        except InvalidSignature as exc:
+            raise WebhookRejected(f"bad signature: {exc}") from None
+        if self._user_id and (header(headers, "x-fal-webhook-user-id") or "") != self._user_id:
+            raise WebhookRejected("signed for another fal user")
+
+    @staticmethod
+    def claimed_request_id(headers: Mapping[str, str], raw: bytes) -> tuple[str | None, str]:
+        """The request id fal signed (header) or sent (body); they must agree when both are given."""
+        signed = header(headers, "x-fal-webhook-request-id")
+        body = webhook_json(raw)
+        in_body = body.get("request_id") if isinstance(body, dict) else None
+        in_body = in_body if isinstance(in_body, str) and in_body else None
+        if signed and in_body and signed != in_body:
+            return None, "the signed request id and the body's request_id differ"
+        found = signed or in_body
+        return (found, "") if found else (None, "the delivery names no request id")
+
+    @staticmethod
+    def event_key(job_id: uuid.UUID, attempt: int, request_id: str, raw: bytes) -> str:
+        """fal posts one final webhook per request: the request is the event (hashed when too long)."""
+        key = event_key_prefix(PROVIDER, job_id, attempt, request_id)
+        if len(key) <= EVENT_KEY_CHARS:
+            return key
+        return key[:200] + ":sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
     def _job_failure(self, error: ProviderError, request_id: str, *, job_known_failed: bool) -> Outcome:
         """Return a failed Outcome, or raise when the error concerns only this call."""

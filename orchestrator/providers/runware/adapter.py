@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 
-from orchestrator.providers import runware_parse
 from orchestrator.providers._http import (
     DEFAULT_TIMEOUT,
     json_body,
@@ -17,7 +17,16 @@ from orchestrator.providers._http import (
     send,
     text_snippet,
 )
-from orchestrator.providers.base import Outcome, SubmitRequest, Submitted
+from orchestrator.providers.base import (
+    EVENT_KEY_CHARS,
+    Capabilities,
+    Outcome,
+    ProviderSettings,
+    SubmitRequest,
+    Submitted,
+    event_key_prefix,
+    webhook_json,
+)
 from orchestrator.providers.errors import (
     AuthenticationFailed,
     InsufficientCredits,
@@ -25,8 +34,13 @@ from orchestrator.providers.errors import (
     ProviderError,
     RateLimited,
 )
-from orchestrator.providers.runware_parse import PROVIDER, Context
+from orchestrator.providers.runware import parse as runware_parse
+from orchestrator.providers.runware import payload
+from orchestrator.providers.runware.parse import PROVIDER, Context
 from orchestrator.redact import redact_text
+
+if TYPE_CHECKING:
+    from orchestrator.catalog import ModelSpec
 
 DEFAULT_API_URL = "https://api.runware.ai/v1"
 # Statuses that describe the whole HTTP call, not our task: raise so the caller backs off.
@@ -38,6 +52,10 @@ class RunwareAdapter:
     """Talks to Runware's task API (`ORCH_RUNWARE_API_URL`) with `Authorization: Bearer`."""
 
     name = PROVIDER
+    DEFAULT_BASE_URL: ClassVar[str] = DEFAULT_API_URL
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        images_together=False, knows_our_task_id=True, reports_cost=True, price_rounding="exact")
+    webhook_headers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -51,6 +69,16 @@ class RunwareAdapter:
         self._url = base_url.rstrip("/")
         self._client = client or new_client(timeout)
         self._timeout = timeout
+
+    @classmethod
+    def from_settings(cls, settings: ProviderSettings, client: httpx.Client | None = None) -> RunwareAdapter:
+        """The adapter for one configured Runware account (ORCH_RUNWARE_API_URL, RUNWARE_API_KEY)."""
+        return cls(settings.api_key, settings.base_url or cls.DEFAULT_BASE_URL, client)
+
+    @staticmethod
+    def build_payload(spec: ModelSpec, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Stored parameters as an imageInference task (see `payload`)."""
+        return payload.build_payload(spec, params)
 
     def submit(self, req: SubmitRequest) -> Submitted:
         """POST one async imageInference task; the acknowledgement carries no images."""
@@ -98,6 +126,32 @@ class RunwareAdapter:
     def parse_webhook(self, body: bytes) -> Outcome:
         """Interpret one webhook POST (wrapped, flat, `errors[]` or legacy `error`)."""
         return runware_parse.parse_webhook_body(body)
+
+    def verify_webhook(self, headers: Mapping[str, str], raw: bytes) -> None:
+        """Runware signs nothing: the per-attempt token in the callback URL is its only proof."""
+
+    @staticmethod
+    def claimed_request_id(headers: Mapping[str, str], raw: bytes) -> tuple[str | None, str]:
+        """The one taskUUID the delivery's items name."""
+        data, errors = runware_parse.split_body(webhook_json(raw))
+        tasks = {str(item["taskUUID"]) for item in data + errors if item.get("taskUUID")}
+        if len(tasks) > 1:
+            return None, "the delivery names several taskUUIDs"
+        if not tasks:
+            return None, "the delivery names no taskUUID"
+        return tasks.pop(), ""
+
+    @staticmethod
+    def event_key(job_id: uuid.UUID, attempt: int, request_id: str, raw: bytes) -> str:
+        """Runware sends one POST per image, all with the same taskUUID: each image is its own event."""
+        key = event_key_prefix(PROVIDER, job_id, attempt, request_id)
+        data, errors = runware_parse.split_body(webhook_json(raw))
+        parts = sorted([str(i.get("imageUUID")) for i in data if i.get("imageUUID")]
+                       + [f"error:{i.get('code')}" for i in errors])
+        detail = ",".join(parts) if parts else "sha256:" + hashlib.sha256(raw).hexdigest()
+        if len(key) + len(detail) > EVENT_KEY_CHARS - 1:
+            detail = "sha256:" + hashlib.sha256(detail.encode()).hexdigest()
+        return f"{key}:{detail}"[:EVENT_KEY_CHARS]
 
     def _post(self, task: dict[str, Any], secrets: tuple[str, ...]) -> tuple[httpx.Response, Any]:
         """POST one task (always inside an array) and decode the reply."""
