@@ -19,7 +19,9 @@ from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Task names, shared by name only with workers/.
+# Task names, shared by name only with workers/. They are the wire contract with messages
+# already in the broker, so they stay as they are when a task moves: process_delivery lives in
+# workers/deliveries.py, store_job in workers/store.py, notify_batch in workers/notify.py.
 DISPATCH = "workers.dispatch.dispatch_due"
 SUBMIT_JOB = "workers.dispatch.submit_job"
 CANCEL_AT_PROVIDER = "workers.dispatch.cancel_at_provider"

@@ -15,7 +15,7 @@ from orchestrator.models import Job, JobEvent, JobState, ProviderAccount
 from orchestrator.sandbox.faults import Faults
 from orchestrator.settings import Settings
 from tests.conftest import StackFactory, make_key
-from workers import failover
+from workers import retry
 from workers.context import Context
 from workers.maintenance import run_sweep
 
@@ -53,7 +53,7 @@ def batch(client: FlaskClient, headers: dict[str, str]) -> None:
 def test_open_breaker_moves_queued_alias_jobs_and_a_closed_one_brings_them_back(session: Session) -> None:
     session.execute(sa.update(Job).where(Job.custom_id == "a3").values(state=JobState.submitting))  # claimed
     _breaker(session, "fal", 600)
-    moved = failover.reroute_queued(session, "fal", PRICES, utcnow())
+    moved = retry.reroute_queued(session, "fal", PRICES, utcnow())
     session.commit()
     jobs = _jobs(session)
     assert len(moved) == 4
@@ -66,10 +66,10 @@ def test_open_breaker_moves_queued_alias_jobs_and_a_closed_one_brings_them_back(
     assert jobs["a0"].params["width"] == 512 and jobs["a0"].state is JobState.queued
 
     # While fal's breaker is open nothing moves back; a job Runware already has stays there.
-    assert failover.move_back(session, PRICES, utcnow()) == []
+    assert retry.move_back(session, PRICES, utcnow()) == []
     session.execute(sa.update(Job).where(Job.custom_id == "a2").values(state=JobState.submitted))
     _breaker(session, "fal", -1)  # the cooldown is over: closed
-    back = failover.move_back(session, PRICES, utcnow())
+    back = retry.move_back(session, PRICES, utcnow())
     session.commit()
     jobs = _jobs(session)
     assert len(back) == 3
@@ -85,7 +85,7 @@ def test_open_breaker_moves_queued_alias_jobs_and_a_closed_one_brings_them_back(
 def test_nothing_moves_when_both_breakers_are_open(session: Session) -> None:
     _breaker(session, "fal", 600)
     _breaker(session, "runware", 600)
-    assert failover.reroute_queued(session, "fal", PRICES, utcnow()) == []
+    assert retry.reroute_queued(session, "fal", PRICES, utcnow()) == []
     assert {j.provider for j in _jobs(session).values()} == {"fal"}
 
 

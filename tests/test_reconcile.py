@@ -21,8 +21,8 @@ from orchestrator.netutil import free_port
 from orchestrator.settings import Settings
 from tests.factories import make_batch
 from workers.context import Context
-from workers.storage import store
-from workers.webhooks import process
+from workers.deliveries import process
+from workers.store import store
 
 
 @pytest.fixture

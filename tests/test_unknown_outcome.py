@@ -32,8 +32,8 @@ from tests.conftest import REDIS_URL
 from tests.factories import make_batch
 from workers import context as context_module
 from workers.context import Context
+from workers.deliveries import process
 from workers.maintenance import _requeue_unsent, _settle_unknown
-from workers.webhooks import process
 
 
 @pytest.fixture

@@ -12,12 +12,14 @@ from datetime import timedelta
 from celery import Celery
 from kombu import Queue
 
-from orchestrator.queue import SWEEP, broker_options
+from orchestrator.queue import QUEUES, SWEEP, broker_options
 from orchestrator.settings import Settings
 
-TASK_MODULES = ["workers.dispatch", "workers.webhooks", "workers.storage", "workers.callbacks",
-                "workers.maintenance"]
-QUEUE_NAMES = ("dispatch", "webhooks", "storage", "maintenance")
+# The modules that define tasks. None imports another: what they share lives in context,
+# admission, retry and reconcile. (A task's broker name is in orchestrator.queue, not its module's.)
+TASK_MODULES = ["workers.dispatch", "workers.deliveries", "workers.store", "workers.notify", "workers.maintenance"]
+QUEUE_NAMES = tuple(dict.fromkeys(QUEUES.values()))  # dispatch, webhooks, storage, maintenance
+TASK_OPTS = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -32,11 +34,9 @@ def make_celery(settings: Settings) -> Celery:
         task_time_limit=300, task_soft_time_limit=240,
         worker_max_tasks_per_child=1000, worker_max_memory_per_child=400_000,  # KiB, prefork pool
         task_queues=[Queue(name) for name in QUEUE_NAMES], task_default_queue="dispatch",
-        task_routes={"workers.dispatch.*": {"queue": "dispatch"}, "workers.webhooks.*": {"queue": "webhooks"},
-                     "workers.callbacks.*": {"queue": "webhooks"}, "workers.storage.*": {"queue": "storage"},
-                     "workers.maintenance.*": {"queue": "maintenance"}},
+        task_routes={name: {"queue": queue} for name, queue in QUEUES.items()},
         beat_schedule={"sweep": {"task": SWEEP, "schedule": timedelta(seconds=settings.sweep_interval_seconds),
-                                 "options": {"queue": "maintenance", "expires": settings.sweep_interval_seconds}}},
+                                 "options": {"queue": QUEUES[SWEEP], "expires": settings.sweep_interval_seconds}}},
         worker_hijack_root_logger=False, worker_send_task_events=False, task_send_sent_event=False,
         broker_connection_retry_on_startup=True, worker_cancel_long_running_tasks_on_connection_loss=True,
         enable_utc=True, timezone="UTC",

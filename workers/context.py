@@ -36,6 +36,7 @@ from orchestrator.storage.base import Storage
 from orchestrator.storage.factory import storage_from_url
 
 log = logging.getLogger(__name__)
+# Nudges scheduled in the broker stay far below Redis's visibility timeout (see queue.py).
 MAX_COUNTDOWN = 300.0
 TALLY_FLUSH_SECONDS = 1.0
 SlotHandler = Callable[["Context", str], None]
@@ -51,7 +52,7 @@ def on_slot_freed(handler: SlotHandler) -> SlotHandler:
 
 
 def on_results_arrived(handler: StoreHandler) -> StoreHandler:
-    """Register what a worker does when its transaction moved a job to storing (storage.store_now)."""
+    """Register what a worker does when its transaction moved a job to storing (store.store_now)."""
     _store_handlers.append(handler)
     return handler
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import sqlalchemy as sa
 from celery import shared_task
@@ -23,20 +21,17 @@ from orchestrator.binding import held_deliveries
 from orchestrator.db import utcnow
 from orchestrator.log import bound
 from orchestrator.models import Job, JobState
-from orchestrator.pricing import Price
 from orchestrator.providers.base import Lane, SubmitRequest, Submitted
 from orchestrator.providers.errors import PermanentProviderError, ProviderError, RateLimited
 from orchestrator.providers.registry import PROVIDERS, build_payload
 from orchestrator.webhook_urls import webhook_url
 from workers import admission
-from workers import failover as failover_jobs
-from workers.context import Context, ctx, on_slot_freed
+from workers.celery_app import TASK_OPTS
+from workers.context import MAX_COUNTDOWN, Context, ctx, on_slot_freed
+from workers.retry import requeue, retry_or_fail
 
 log = logging.getLogger(__name__)
-# Nudges scheduled in the broker stay far below Redis's visibility timeout (see queue.py).
-MAX_COUNTDOWN = 300.0
 UNKNOWN_OUTCOME = ("timeout", "connection_error")
-TASK_OPTS = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
 
 
 @shared_task(name=queue.DISPATCH, **TASK_OPTS)
@@ -162,7 +157,7 @@ def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submit
         provider = session.scalar(sa.select(Job.provider).where(Job.id == job_id))
         assert provider is not None
         admission.record_success(session, provider)
-        # The job's row lock orders this with workers.webhooks.process, which judges deliveries
+        # The job's row lock orders this with workers.deliveries.process, which judges deliveries
         # under the same lock: a delivery is either seen held here or sees the id there.
         job = session.execute(sa.select(Job).where(Job.id == job_id).with_for_update()
                               .execution_options(populate_existing=True)).scalar_one()
@@ -219,70 +214,13 @@ def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderErro
             # sweep's check with the provider, settles this attempt.
             # (The job's row is locked above, as in submit_succeeded, so no held delivery is missed.)
             state.record(session, job_id, "submit_outcome_unknown", attempt, **detail)
-            # A callback held for this attempt may now be checked with the provider (workers.webhooks).
+            # A callback held for this attempt may now be checked with the provider (workers.deliveries).
             for delivery_id in held_deliveries(session, job_id, attempt):
                 c.publisher.after_commit(session, queue.PROCESS_DELIVERY, str(delivery_id))
             return "unknown"
         opened = admission.record_failure(session, c.settings, job.provider, now)
         return retry_or_fail(c, session, job, exc, detail, breaker_open=opened,
                              reason=f"submit failed: {exc.code or exc.status_code}")
-
-
-def retry_or_fail(c: Context, session: sa.orm.Session, job: Job, exc: ProviderError, detail: dict[str, object],
-                  *, breaker_open: bool, reason: str) -> str:
-    """Retry a transient failure with backoff (failing over if allowed), or fail when out of attempts."""
-    if job.retries + 1 >= c.settings.max_attempts:
-        state.transition(session, job.id, JobState.failed, kind="failed", detail=detail,
-                         values={"error_code": exc.code or "provider_error",
-                                 "error_message": f"gave up after {job.retries + 1} attempts: {exc.message}"})
-        return "failed"
-    if breaker_open:
-        # Every queued alias job leaves this provider now, not after the breaker's cooldown.
-        prices = c.settings.price_table()
-        rerouted = failover_jobs.reroute_queued(session, job.provider, prices, utcnow())
-        failed_over = failover(session, job, reason, prices)
-        if rerouted or failed_over:
-            for provider in PROVIDERS:
-                kick(c, session, provider)
-        if failed_over:
-            return "failed_over"
-    return requeue(c, session, job, reason, admission.backoff(c.settings, job.retries + 1), detail)
-
-
-def requeue(c: Context, session: sa.orm.Session, job: Job, reason: str, delay: float,
-            detail: dict[str, object], *, count: bool = True, kind: str = "retry_scheduled",
-            expect: Iterable[JobState] | None = None, where: Iterable[sa.ColumnElement[bool]] = ()) -> str:
-    """Put a job back in the queue after `delay` seconds, with the reason on its timeline.
-
-    `expect` and `where` make the move conditional on what the caller decided from (see
-    state.transition): a sweep's decision never applies to a job that moved on meanwhile.
-    """
-    values: dict[str, object] = {"next_attempt_at": utcnow() + timedelta(seconds=delay),
-                                 "submit_started_at": None}
-    if count:
-        values["retries"] = job.retries + 1
-    moved = state.transition(session, job.id, JobState.queued, kind=kind, reason=reason,
-                             detail={**detail, "delay_seconds": round(delay, 2)}, values=values,
-                             expect=expect, where=where)
-    # The state module queues the claim round for when it is due (and one now if a slot freed).
-    return "requeued" if moved.applied else "unchanged"
-
-
-def failover(session: sa.orm.Session, job: Job, reason: str, prices: Mapping[str, Price]) -> bool:
-    """Move a failed family-alias job to the other provider's model; False if it cannot move."""
-    target = catalog.fallback_model(job.requested_model, job.model)
-    if target is None:
-        return False
-    return failover_jobs.move(session, job, target, "failover", f"{reason}; {job.provider} breaker open", prices,
-                              values={"next_attempt_at": utcnow(), "submit_started_at": None,
-                                      "retries": job.retries + 1})
-
-
-def kick(c: Context, session: sa.orm.Session, provider: str) -> None:
-    """Jobs were moved to another provider's queue: run its claim round after this commit.
-
-    (A freed slot needs no kick: the state module's outbox runs the claim round.)"""
-    c.publisher.after_commit(session, queue.DISPATCH, provider)
 
 
 @shared_task(name=queue.CANCEL_AT_PROVIDER, **TASK_OPTS)

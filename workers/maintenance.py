@@ -22,11 +22,10 @@ from orchestrator.db import as_utc, upsert_insert, utcnow
 from orchestrator.models import Batch, Delivery, Heartbeat, Job, JobState
 from orchestrator.providers._http import DEFAULT_TIMEOUT
 from orchestrator.providers.registry import PROVIDERS
-from workers import failover
+from workers.celery_app import TASK_OPTS
 from workers.context import Context, ctx
-from workers.dispatch import TASK_OPTS, requeue
-from workers.reconcile import lock_job
-from workers.webhooks import poll_job, settle_runware
+from workers.reconcile import lock_job, poll_job, settle_runware
+from workers.retry import rebalance, requeue
 
 log = logging.getLogger(__name__)
 PAGE = 200
@@ -66,9 +65,9 @@ def run_sweep(c: Context, now: datetime | None = None) -> dict[str, int]:
 
 
 def _rebalance(c: Context, now: datetime) -> int:
-    """Alias jobs off a provider whose breaker is open, and back once it has closed (workers/failover.py)."""
+    """Alias jobs off a provider whose breaker is open, and back once it has closed (workers/retry.py)."""
     with c.session() as session:
-        return failover.rebalance(session, PROVIDERS, c.settings.price_table(), now)
+        return rebalance(session, PROVIDERS, c.settings.price_table(), now)
 
 
 def beat(c: Context, name: str) -> None:
@@ -117,7 +116,7 @@ def _settle_unknown(c: Context, now: datetime) -> int:
     settled = sum(settle_runware(c, job_id, not_found_before) not in ("skipped", "poll failed", "waiting")
                   for job_id in runware)
     # A fal callback held because its attempt's submit answer never came (worker lost, connection cut):
-    # have it checked with fal, which may let its signed request id be adopted (workers.webhooks).
+    # have it checked with fal, which may let its signed request id be adopted (workers.deliveries).
     # (An earlier attempt's held callback too: that attempt will never learn its id otherwise.)
     stale_intent = sa.and_(Job.state == JobState.submitting, Job.submit_started_at.is_not(None),
                            Job.submit_started_at < now - timedelta(seconds=s.claim_stale_seconds))

@@ -1,5 +1,8 @@
 """Reconciliation: turn a provider outcome (webhook or poll) into at most one state change.
 
+Also the polling of providers: for a job whose callback is late (`poll_job`), and for a Runware
+submit whose outcome is unknown (`settle_runware`); both reconcile the answer through `apply`.
+
 Callers hold the job's row lock (SELECT ... FOR UPDATE) for the whole decision, so concurrent
 duplicates serialise: the first applies, the rest see the new state and change nothing.
 Images are collected by provider image id (Runware sends one webhook per image) under unique
@@ -8,23 +11,28 @@ constraints, so a repeated image is recorded once.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator import queue, state
-from orchestrator.db import utcnow
+from orchestrator import metrics, queue, state
+from orchestrator.db import as_utc, utcnow
 from orchestrator.models import Asset, Job, JobState
 from orchestrator.pricing import Price
 from orchestrator.providers.base import ImageRef, Outcome
 from orchestrator.providers.errors import NotFound, ProviderError, TransientProviderError
 from workers import admission
 from workers.context import Context
-from workers.dispatch import retry_or_fail
+from workers.retry import requeue, retry_or_fail
 
+log = logging.getLogger(__name__)
 WAITING = (JobState.submitting, JobState.submitted)
 
 
@@ -172,3 +180,102 @@ def _failed(c: Context, session: Session, job: Job, error: ProviderError | None,
     opened = admission.breaker_open(session, job.provider, utcnow()) if error.retry_call else False
     return retry_or_fail(c, session, job, error, detail, breaker_open=opened,
                          reason=f"generation failed: {error.code or error.message}")
+
+
+@dataclass(frozen=True)
+class PollTarget:
+    """What is needed to ask a provider about one attempt, read before the call."""
+
+    job_id: uuid.UUID
+    attempt: int
+    provider: str
+    model: str
+    request_id: str
+    num_images: int
+    meta: dict[str, Any]
+
+
+def target_of(job: Job, request_id: str | None = None, attempt: int | None = None) -> PollTarget:
+    """What to ask the provider about: the job's current attempt, or the named one (a delivery's)."""
+    rid = request_id or job.provider_request_id or (job.task_id if job.provider == "runware" else None) or ""
+    meta = dict(job.provider_meta or {}) if attempt in (None, job.attempt) else {}
+    return PollTarget(job.id, attempt or job.attempt, job.provider, job.model, rid, job.num_images, meta)
+
+
+def poll_target(c: Context, target: PollTarget) -> Outcome | None:
+    """Ask the provider; None when the call itself failed (try again later)."""
+    try:
+        return c.adapter(target.provider).poll(target.model, target.request_id, target.num_images, target.meta)
+    except NotFound as exc:
+        return Outcome("failed", error=exc, request_id=target.request_id)
+    except ProviderError as exc:
+        log.info("poll failed", extra={"job_id": str(target.job_id), "error": str(exc)})
+        return None
+
+
+def poll_job(c: Context, job_id: uuid.UUID) -> str:
+    """Poll one silent job and reconcile what the provider says through the same path."""
+    with c.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state not in WAITING:
+            return "skipped"
+        target = target_of(job)
+        if not target.request_id:
+            return "no request id"
+        job.last_polled_at = utcnow()
+    outcome = poll_target(c, target)
+    with c.session() as session:
+        job = lock_job(session, job_id)
+        if job is None:
+            return "gone"
+        state.record(session, job_id, "poll", target.attempt, status=outcome.status if outcome else "error")
+        metrics.incr(session, "orchestrator_provider_requests_total", provider=target.provider, call="poll",
+                     outcome=outcome.status if outcome else "error", code="-")
+        if outcome is None:
+            return "poll failed"
+        if outcome.status == "fetch_result":
+            return "pending"
+        return apply(c, session, job, target.attempt, outcome, "poll")
+
+
+def settle_runware(c: Context, job_id: uuid.UUID, not_found_before: datetime) -> str:
+    """Settle a Runware attempt whose submit outcome is unknown, by getResponse on its task UUID.
+
+    Runware knows a task by the UUID we chose and committed with the intent, so nothing is
+    resubmitted before Runware has been asked: `processing` means it has the task (the job
+    waits as submitted), a result or an error is reconciled as usual, and "not found" requeues
+    only once no submit call can still be on its way (intent older than `not_found_before`).
+    """
+    with c.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state is not JobState.submitting or not job.submit_started_at or not job.task_id:
+            return "skipped"
+        target, intent = target_of(job, job.task_id), job.submit_started_at
+        job.last_polled_at = utcnow()
+    outcome = poll_target(c, target)
+    with c.session() as session:
+        job = lock_job(session, job_id)
+        if job is None or job.attempt != target.attempt:
+            return "skipped"
+        state.record(session, job_id, "poll", target.attempt, status=outcome.status if outcome else "error",
+                     reason="submit outcome unknown")
+        if outcome is None:
+            return "poll failed"
+        if job.state is not JobState.submitting or job.submit_started_at != intent:
+            # A callback or the submit's own answer got there first: the usual rules apply.
+            return apply(c, session, job, target.attempt, outcome, "settle") if job.state in WAITING else "moved on"
+        guard = [Job.attempt == target.attempt, Job.submit_started_at == intent]
+        if isinstance(outcome.error, NotFound):
+            if as_utc(intent) >= not_found_before:
+                return "waiting"
+            return requeue(c, session, job, "Runware does not know the task: the submit never arrived", 0.0,
+                           {"task_uuid": target.request_id}, count=False, expect=[JobState.submitting], where=guard)
+        if outcome.status in ("pending", "fetch_result"):
+            # Runware has the task ("processing"): it waits for its webhooks as submitted, polled if silent.
+            moved = state.transition(session, job_id, JobState.submitted, kind="submit_settled",
+                                     expect=[JobState.submitting], where=guard,
+                                     values={"provider_request_id": target.request_id, "submitted_at": utcnow()},
+                                     detail={"via": "getResponse", "status": "processing",
+                                             "task_uuid": target.request_id})
+            return "settled" if moved.applied else "unchanged"
+        return apply(c, session, job, target.attempt, outcome, "settle")

@@ -33,8 +33,8 @@ from orchestrator.settings import Settings
 from orchestrator.storage.images import DisallowedHost, download_image
 from tests.conftest import StackFactory, make_key
 from tests.stack import CallbackReceiver
-from workers.callbacks import CallbackFailed, notify
 from workers.context import Context
+from workers.notify import CallbackFailed, notify
 
 ITEM = {"model": "fal-ai/flux/schnell", "prompt": "a red fox"}
 INTERNAL = [

@@ -30,8 +30,8 @@ from orchestrator.storage.images import (
     upload,
     verify_image,
 )
+from workers.celery_app import TASK_OPTS
 from workers.context import Context, ctx, on_results_arrived
-from workers.dispatch import TASK_OPTS
 
 log = logging.getLogger(__name__)
 PRESIGN_SECONDS = 900

@@ -14,8 +14,8 @@ from orchestrator.db import iso, utcnow
 from orchestrator.models import Batch, CallbackAttempt
 from orchestrator.netpolicy import AddressRefused
 from orchestrator.redact import redact_url
+from workers.celery_app import TASK_OPTS
 from workers.context import Context, ctx
-from workers.dispatch import TASK_OPTS
 
 log = logging.getLogger(__name__)
 
