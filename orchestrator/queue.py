@@ -14,7 +14,7 @@ from celery import Celery
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import state
+from orchestrator import outbox
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,12 @@ class Publisher:
         """Publish the consequences of every transition committed by `factory`'s sessions.
 
         Used where no worker runs the claim itself (the API): a freed slot or a due job becomes
-        a claim nudge, a finished batch its completion notice (see state.Outbox).
+        a claim nudge, a finished batch its completion notice (see orchestrator.outbox).
         """
-        event.listen(factory, "after_commit", lambda session: self.publish_outbox(state.take_outbox(session)))
-        event.listen(factory, "after_rollback", state.drop_outbox)
+        event.listen(factory, "after_commit", lambda session: self.publish_outbox(outbox.take(session)))
+        event.listen(factory, "after_rollback", outbox.drop)
 
-    def publish_outbox(self, box: state.Outbox) -> None:
+    def publish_outbox(self, box: outbox.Outbox) -> None:
         """Send the messages a committed outbox calls for."""
         for batch_id in sorted(box.finished):
             self.send(NOTIFY_BATCH, str(batch_id))

@@ -7,8 +7,8 @@ the same transaction. A batch takes its final state exactly once: the UPDATE tha
 conditional on the batch not being final yet.
 
 It also owns the consequences of a transition, recorded in one outbox on the session (see
-`Outbox`): a job leaving the in-flight states frees a provider slot (a claim round follows),
-a job re-queued for later is due again at a known time, a job whose results arrived is to be
+orchestrator.outbox): a job leaving the in-flight states frees a provider slot (a claim round
+follows), a job re-queued for later is due again at a known time, a job whose results arrived is to be
 stored, and a batch reaching its end owes its completion notice. Whoever commits the session
 acts on the outbox after the commit (the workers' context; the API through
 `queue.Publisher.watch`), so no caller has to remember any of it.
@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session
 
+from orchestrator import outbox
 from orchestrator.db import utcnow
 from orchestrator.models import FINAL_BATCH, Batch, BatchState, Job, JobEvent, JobState
 
@@ -55,51 +56,6 @@ ALLOWED: Mapping[JobState, frozenset[JobState]] = {
 
 class InvalidTransition(Exception):
     """A move the state table forbids."""
-
-
-@dataclass
-class Outbox:
-    """Consequences of this session's transitions, acted on once it commits (dropped on rollback).
-
-    freed: providers whose in-flight count went down (a claim round should follow at once).
-    due: provider -> seconds until a job re-queued in this transaction is due again.
-    storing: jobs whose results arrived (their store step follows).
-    finished: batches that took their final state (each owes a completion notice).
-    """
-
-    freed: set[str] = field(default_factory=set)
-    due: dict[str, float] = field(default_factory=dict)
-    storing: set[uuid.UUID] = field(default_factory=set)
-    finished: set[uuid.UUID] = field(default_factory=set)
-
-    def __bool__(self) -> bool:
-        return bool(self.freed or self.due or self.storing or self.finished)
-
-    def queued(self, provider: str, delay: float) -> None:
-        """A job of `provider` is due again in `delay` seconds."""
-        delay = max(0.0, delay)
-        self.due[provider] = min(delay, self.due.get(provider, delay))
-
-
-OUTBOX_KEY = "state_outbox"
-
-
-def outbox(session: Session) -> Outbox:
-    """This session's outbox (created on first use)."""
-    box = session.info.get(OUTBOX_KEY)
-    if box is None:
-        box = session.info[OUTBOX_KEY] = Outbox()
-    return box
-
-
-def take_outbox(session: Session) -> Outbox:
-    """The outbox of the transaction that just committed, forgotten by the session."""
-    return session.info.pop(OUTBOX_KEY, None) or Outbox()
-
-
-def drop_outbox(session: Session) -> None:
-    """Forget the consequences of a transaction that rolled back."""
-    session.info.pop(OUTBOX_KEY, None)
 
 
 @dataclass(frozen=True)
@@ -177,9 +133,16 @@ def transition(
     return Transition(True, current)
 
 
+def fail(session: Session, job_id: uuid.UUID, code: str, message: str, *, detail: dict[str, Any] | None = None,
+         expect: Iterable[JobState] | None = None) -> Transition:
+    """Fail a job with an error code and message for the client (the one way a job is failed)."""
+    return transition(session, job_id, FAIL, kind="failed", detail=detail, expect=expect,
+                      values={"error_code": code, "error_message": message})
+
+
 def _note_consequences(session: Session, job_id: uuid.UUID, current: JobState, to_state: JobState, provider: str,
                        updates: Mapping[str, Any], now: datetime) -> None:
-    box = outbox(session)
+    box = outbox.of(session)
     if current in IN_FLIGHT and to_state not in IN_FLIGHT:
         box.freed.add(provider)
     if to_state is ST:
@@ -313,7 +276,7 @@ def _finish_if_done(session: Session, batch_id: uuid.UUID, total: int, counts: M
     if done.rowcount != 1:  # type: ignore[attr-defined]
         return None
     _expire_loaded(session, batch_id)
-    outbox(session).finished.add(batch_id)  # its completion notice follows the commit
+    outbox.of(session).finished.add(batch_id)  # its completion notice follows the commit
     return final
 
 
@@ -335,7 +298,7 @@ def _counts_before_batch_read(orm_execute_state: ORMExecuteState) -> None:
 @event.listens_for(Session, "after_rollback")
 def _forget_after_rollback(session: Session) -> None:
     session.info.pop(PENDING_KEY, None)
-    drop_outbox(session)
+    outbox.drop(session)
 
 
 def final_state(succeeded: int, failed: int, cancelled: int) -> BatchState:
@@ -383,7 +346,7 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> tuple[int, list[uuid.
     for r in rows:
         delta[JobState(r.state)] = delta.get(JobState(r.state), 0) - 1
         if JobState(r.state) in IN_FLIGHT:
-            outbox(session).freed.add(r.provider)
+            outbox.of(session).freed.add(r.provider)
     shift_counts(session, batch_id, delta, now=now)
     return len(rows), [r.id for r in rows if r.provider_request_id and r.state is not Q]
 
@@ -405,7 +368,7 @@ def retry_failed(session: Session, batch_id: uuid.UUID) -> int:
     if not rows:
         return 0
     for r in rows:
-        outbox(session).queued(r.provider, 0.0)
+        outbox.of(session).queued(r.provider, 0.0)
     session.execute(sa.insert(JobEvent), [
         {"job_id": r.id, "kind": "retry_requested", "attempt": r.attempt, "from_state": FAIL.value,
          "to_state": Q.value, "detail": {"reason": "retry requested by user"}, "created_at": now}

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import state
+from orchestrator import outbox, state
 from orchestrator.db import session_scope
 from orchestrator.models import Batch, BatchState, Job, JobEvent, JobState
 from tests.factories import make_batch
@@ -85,11 +85,11 @@ def test_batch_final_state(session: Session, finals: list[JobState], expected: B
     batch, jobs = make_batch(session, [S.storing, S.storing])
     assert state.transition(session, jobs[0].id, finals[0], kind="end").applied
     session.refresh(batch)
-    assert batch.state is BatchState.running and not state.outbox(session).finished
+    assert batch.state is BatchState.running and not outbox.of(session).finished
     assert state.transition(session, jobs[1].id, finals[1], kind="end").applied
     session.refresh(batch)
     assert batch.state is expected and batch.completion_round == 1 and batch.completed_at is not None
-    assert state.outbox(session).finished == {batch.id}  # its completion notice is queued
+    assert outbox.of(session).finished == {batch.id}  # its completion notice is queued
 
 
 def test_cost_accumulates_on_batch(session: Session) -> None:
@@ -117,7 +117,7 @@ def test_cancel_batch_cancels_unfinished_but_not_storing(session: Session) -> No
     assert batch.state is BatchState.running  # the storing job still finishes
     assert state.transition(session, jobs[3].id, S.succeeded, kind="stored").applied
     session.refresh(batch)
-    assert batch.state is BatchState.cancelled and state.outbox(session).finished == {batch.id}
+    assert batch.state is BatchState.cancelled and outbox.of(session).finished == {batch.id}
 
 
 def test_retry_failed_requeues_only_failed_and_reopens(session: Session) -> None:

@@ -3,9 +3,9 @@
 Built lazily on first use in each worker process (after the fork), never at import time.
 
 A unit of work (`Context.session()`) acts on its transaction's consequences once it has
-committed (see state.Outbox): a freed slot is refilled at once by this same thread (claim and
-submit, no broker message), a job due later gets a timed claim nudge, and a finished batch its
-completion notice.
+committed (see orchestrator.outbox): a freed slot is refilled at once by this same thread
+(claim and submit, no broker message), a job due later gets a timed claim nudge, and a finished
+batch its completion notice.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from celery import current_app
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import metrics, queue, state
+from orchestrator import metrics, outbox, queue
 from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.netpolicy import AddressPolicy, guarded_client
 from orchestrator.providers.base import ProviderAdapter
@@ -137,11 +137,11 @@ class Context:
         """One short unit of work; its transaction's consequences follow the commit."""
         with session_scope(self.sessions) as s:
             yield s
-        box = state.take_outbox(s)
+        box = outbox.take(s)
         if box:
             self._follow(box)
 
-    def _follow(self, box: state.Outbox) -> None:
+    def _follow(self, box: outbox.Outbox) -> None:
         for batch_id in sorted(box.finished):
             self.publisher.send(queue.NOTIFY_BATCH, str(batch_id))
         now = set(box.freed) | {provider for provider, delay in box.due.items() if delay <= 0}

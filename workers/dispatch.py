@@ -206,8 +206,7 @@ def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderErro
             return requeue(c, session, job, f"rate limited (429), retry after {wait:.1f}s", wait, detail,
                            count=False)
         if isinstance(exc, PermanentProviderError):
-            state.transition(session, job_id, JobState.failed, kind="failed", detail=detail,
-                             values={"error_code": exc.code or "provider_rejected", "error_message": exc.message})
+            state.fail(session, job_id, exc.code or "provider_rejected", exc.message, detail=detail)
             return "failed"
         if exc.code in UNKNOWN_OUTCOME:
             # The request may have been received: never resend blindly. The callback, or the

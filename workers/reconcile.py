@@ -123,7 +123,7 @@ def _collect(c: Context, session: Session, job: Job, outcome: Outcome, source: s
     if cost is None:
         # fal (like the real one) reports no cost: price each image from the table.
         cost, cost_source = _price_assets(session, job, c.settings.price_table()), "priced"
-    # Entering `storing` frees the slot and queues the store step (state.Outbox): this worker
+    # Entering `storing` frees the slot and queues the store step (orchestrator.outbox): this worker
     # refills the slot and stores the images right after the commit.
     state.transition(session, job.id, JobState.storing, kind="result_received", expect=WAITING,
                      detail={"source": source, "images": have}, cost=cost,
@@ -170,12 +170,10 @@ def _failed(c: Context, session: Session, job: Job, error: ProviderError | None,
     if isinstance(error, NotFound) and job.state is JobState.submitted:
         # The provider had the request and no longer has its result: resubmitting would pay
         # again, so the job fails cleanly and a user's retry decides.
-        state.transition(session, job.id, JobState.failed, kind="failed", detail={**detail, "retryable": True},
-                         values={"error_code": "result_expired", "error_message": error.message})
+        state.fail(session, job.id, "result_expired", error.message, detail={**detail, "retryable": True})
         return "failed: result expired"
     if not error.retry_job:
-        state.transition(session, job.id, JobState.failed, kind="failed", detail=detail,
-                         values={"error_code": error.code or "generation_failed", "error_message": error.message})
+        state.fail(session, job.id, error.code or "generation_failed", error.message, detail=detail)
         return "failed"
     opened = admission.breaker_open(session, job.provider, utcnow()) if error.retry_call else False
     return retry_or_fail(c, session, job, error, detail, breaker_open=opened,

@@ -39,9 +39,8 @@ def retry_or_fail(c: Context, session: Session, job: Job, exc: ProviderError, de
                   *, breaker_open: bool, reason: str) -> str:
     """Retry a transient failure with backoff (failing over if allowed), or fail when out of attempts."""
     if job.retries + 1 >= c.settings.max_attempts:
-        state.transition(session, job.id, JobState.failed, kind="failed", detail=detail,
-                         values={"error_code": exc.code or "provider_error",
-                                 "error_message": f"gave up after {job.retries + 1} attempts: {exc.message}"})
+        state.fail(session, job.id, exc.code or "provider_error",
+                   f"gave up after {job.retries + 1} attempts: {exc.message}", detail=detail)
         return "failed"
     if breaker_open:
         # Every queued alias job leaves this provider now, not after the breaker's cooldown.

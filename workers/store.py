@@ -215,7 +215,6 @@ def _give_up(c: Context, job_id: uuid.UUID, problem: tuple[str, str]) -> str:
     code, message = problem
     with c.session() as session:
         metrics.incr(session, "orchestrator_storage_failures_total", reason=code)
-        state.transition(session, job_id, JobState.failed, kind="failed", expect=[JobState.storing],
-                         values={"error_code": code, "error_message": message[:2000]},
-                         detail={"error": message, "code": code, "retryable": True})
+        state.fail(session, job_id, code, message[:2000], expect=[JobState.storing],
+                   detail={"error": message, "code": code, "retryable": True})
     return f"failed: {code}"
