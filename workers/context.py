@@ -1,4 +1,5 @@
-"""Per-process resources for tasks: settings, database, broker publisher, adapters, storage.
+"""Per-process resources for tasks: the process's services (orchestrator.services) sized for a
+worker, plus what only workers use (counters, guarded HTTP clients, the submit pool).
 
 Built lazily on first use in each worker process (after the fork), never at import time.
 
@@ -19,21 +20,18 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import ClassVar
 
 import httpx
 from celery import current_app
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from orchestrator import metrics, outbox, queue
-from orchestrator.db import make_engine, make_session_factory, session_scope
+from orchestrator.db import make_engine, session_scope
 from orchestrator.netpolicy import AddressPolicy, guarded_client
-from orchestrator.providers.base import ProviderAdapter
-from orchestrator.providers.registry import make_adapter
-from orchestrator.queue import Publisher
-from orchestrator.settings import Settings, get_settings
-from orchestrator.storage.base import Storage
-from orchestrator.storage.factory import storage_from_url
+from orchestrator.services import Services
+from orchestrator.settings import get_settings
 
 log = logging.getLogger(__name__)
 # Nudges scheduled in the broker stay far below Redis's visibility timeout (see queue.py).
@@ -58,13 +56,12 @@ def on_results_arrived(handler: StoreHandler) -> StoreHandler:
 
 
 @dataclass
-class Context:
+class Context(Services):
     """Everything a task needs, created once per process."""
 
-    settings: Settings
-    _adapters: dict[str, ProviderAdapter] = field(default_factory=dict)
     _local: threading.local = field(default_factory=threading.local)
     _flusher: threading.Thread | None = None
+    POOLS: ClassVar[tuple[str, ...]] = ("engine", "http", "callback_http", "download_http", "publisher")
 
     @cached_property
     def engine(self) -> Engine:
@@ -88,22 +85,6 @@ class Context:
         return ThreadPoolExecutor(max_workers=16, thread_name_prefix="submit")
 
     @cached_property
-    def sessions(self) -> sessionmaker[Session]:
-        """Session factory."""
-        return make_session_factory(self.engine)
-
-    @cached_property
-    def publisher(self) -> Publisher:
-        """Sends follow-up task messages after commit."""
-        return Publisher(self.settings)
-
-    @cached_property
-    def http(self) -> httpx.Client:
-        """One pooled client for provider calls, downloads and uploads."""
-        return httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0),
-                            limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
-
-    @cached_property
     def callback_http(self) -> httpx.Client:
         """The client for tenants' callback URLs: connects only to addresses the policy allows."""
         return guarded_client(AddressPolicy(self.settings.callback_allow_private),
@@ -114,23 +95,6 @@ class Context:
         """The client for provider image URLs (allow-listed hosts), under the same address policy."""
         return guarded_client(AddressPolicy(self.settings.download_allow_private),
                               httpx.Timeout(30.0, connect=10.0))
-
-    @cached_property
-    def storage(self) -> Storage:
-        """The configured storage backend."""
-        s = self.settings
-        return storage_from_url(s.resolved_storage_url, s3_endpoint_url=s.s3_endpoint_url,
-                                secret_key=s.resolved_secret_key(), public_url=s.public_url)
-
-    def adapter(self, provider: str) -> ProviderAdapter:
-        """The adapter for a provider, sharing the pooled client."""
-        if provider not in self._adapters:
-            s = self.settings
-            key = s.fal_key if provider == "fal" else s.runware_api_key
-            base = s.fal_queue_url if provider == "fal" else s.runware_api_url
-            self._adapters[provider] = make_adapter(provider, api_key=key.get_secret_value(), base_url=base,
-                                                    client=self.http)
-        return self._adapters[provider]
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -207,13 +171,9 @@ class Context:
     def close(self) -> None:
         """Release pools (worker shutdown, tests)."""
         self.flush_tally()
-        for name in ("engine", "http", "callback_http", "download_http", "publisher"):
-            if name in self.__dict__:
-                resource = self.__dict__.pop(name)
-                getattr(resource, "dispose", getattr(resource, "close", lambda: None))()
         if "submit_pool" in self.__dict__:
             self.__dict__.pop("submit_pool").shutdown(wait=False)
-        self.__dict__.pop("sessions", None)
+        super().close()
 
 
 _context: Context | None = None

@@ -11,17 +11,18 @@ from orchestrator.api import auth as _auth  # noqa: F401  (problem types)
 from orchestrator.api import context, health, picks, problems, results, schedules, v1, webhooks
 from orchestrator.api.local_storage import make_storage_blueprint
 from orchestrator.log import reset
+from orchestrator.services import Services
 from orchestrator.settings import Settings, get_settings
 from orchestrator.storage.local import LocalStorage
 
 
-def create_app(settings: Settings | None = None, services: context.Services | None = None) -> Flask:
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """Build the API app: intake, webhooks, storage, health."""
     settings = settings or get_settings()
     app = Flask("orchestrator")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    svc = services or context.Services.build(settings)
+    svc = services or context.build_services(settings)
     context.install(app, svc)
     problems.install(app)
     app.register_blueprint(v1.bp)
