@@ -12,6 +12,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import sqlalchemy as sa
 from celery import shared_task
@@ -28,10 +29,21 @@ from orchestrator.webhook_urls import webhook_url
 from workers import admission
 from workers.celery_app import TASK_OPTS
 from workers.context import MAX_COUNTDOWN, Context, ctx, on_slot_freed
-from workers.retry import requeue, retry_or_fail
+from workers.retry import Retry, requeue, retry_or_fail
 
 log = logging.getLogger(__name__)
 UNKNOWN_OUTCOME = ("timeout", "connection_error")
+
+
+class Submit(StrEnum):
+    """What a submit came to (besides the retry policy's answers for a failed one)."""
+
+    submitted = "submitted"
+    submitted_late = "submitted_late"  # the job had moved on: the request id is kept for audits and callbacks
+    stale = "stale"  # the claim is no longer current: nothing sent, or the failure changes nothing
+    duplicate = "duplicate"  # a redelivered message: the first run may have reached the provider
+    unknown = "unknown"  # the request may have been received: a callback or the sweep settles it
+    failed = "failed"  # the provider refused the request for good
 
 
 @shared_task(name=queue.DISPATCH, **TASK_OPTS)
@@ -61,7 +73,7 @@ def claim_round(c: Context, provider: str, *, wait: bool = False) -> list[tuple[
     return result.jobs
 
 
-def submit_claimed(c: Context, claimed: list[tuple[uuid.UUID, int]]) -> dict[uuid.UUID, str]:
+def submit_claimed(c: Context, claimed: list[tuple[uuid.UUID, int]]) -> dict[uuid.UUID, Submit | Retry]:
     """Submit a claim round's jobs concurrently (one pooled HTTP client), no broker message between."""
     if len(claimed) <= 1:
         return {job_id: submit(c, job_id, attempt) for job_id, attempt in claimed}
@@ -103,21 +115,21 @@ def refill(c: Context, provider: str) -> None:
 
 
 @shared_task(name=queue.SUBMIT_JOB, **TASK_OPTS)
-def submit_job(job_id: str, attempt: int) -> str:
+def submit_job(job_id: str, attempt: int) -> Submit | Retry:
     """Submit one claimed job attempt to its provider."""
     return submit(ctx(), uuid.UUID(job_id), attempt)
 
 
-def submit(c: Context, job_id: uuid.UUID, attempt: int) -> str:
+def submit(c: Context, job_id: uuid.UUID, attempt: int) -> Submit | Retry:
     """Record the intent, call the provider with no transaction open, then save the answer."""
     with bound(job_id=job_id, attempt=attempt), c.session() as session:
         job = session.execute(sa.select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
         if job is None or job.state is not JobState.submitting or job.attempt != attempt:
-            return "stale"
+            return Submit.stale
         if job.submit_started_at is not None:
             # A redelivered message: the first run may have reached the provider.
             state.record(session, job_id, "submit_skipped", attempt, reason="intent already recorded")
-            return "duplicate"
+            return Submit.duplicate
         # The intent and the attempt's Runware taskUUID are committed before the call, so the
         # sweep can later ask Runware about this exact attempt.
         job.submit_started_at = utcnow()
@@ -150,7 +162,7 @@ def build_request(c: Context, job: Job) -> SubmitRequest:
                          lane=lane, task_id=job.task_id or str(uuid.uuid4()))
 
 
-def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submitted) -> str:
+def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submitted) -> Submit:
     """Save the provider's request id; the callback may already have moved the job on."""
     now = utcnow()
     with c.session() as session:
@@ -170,7 +182,7 @@ def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submit
                                      expect=[JobState.submitting], values=values,
                                      detail={"request_id": answer.request_id, "provider": provider})
             if moved.applied:
-                return "submitted"
+                return Submit.submitted
         else:
             moved = state.Transition(False, job.state)
         # The job moved on while we waited (a cancel, or a later attempt): keep the id for audits
@@ -186,10 +198,10 @@ def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submit
             # The job took another attempt's result (or moved to a new attempt) while this one was
             # being submitted: this request is superseded, so ask the provider to drop it.
             c.publisher.after_commit(session, queue.CANCEL_AT_PROVIDER, str(job_id), answer.request_id, answer.meta)
-    return "submitted_late"
+    return Submit.submitted_late
 
 
-def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderError) -> str:
+def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderError) -> Submit | Retry:
     """Decide what a failed submit means: wait, retry later, fail over, or fail the job."""
     now = utcnow()
     detail: dict[str, object] = {"error": str(exc), "status_code": exc.status_code, "code": exc.code}
@@ -199,7 +211,7 @@ def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderErro
             # The sweep or a callback settled this attempt while the call was failing: theirs stands.
             if job is not None:
                 state.record(session, job_id, "submit_failed_late", attempt, **detail)
-            return "stale"
+            return Submit.stale
         if isinstance(exc, RateLimited):
             wait = exc.retry_after if exc.retry_after is not None else 5.0
             admission.block(session, job.provider, wait, now)
@@ -207,7 +219,7 @@ def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderErro
                            count=False)
         if isinstance(exc, PermanentProviderError):
             state.fail(session, job_id, exc.code or "provider_rejected", exc.message, detail=detail)
-            return "failed"
+            return Submit.failed
         if exc.code in UNKNOWN_OUTCOME:
             # The request may have been received: never resend blindly. The callback, or the
             # sweep's check with the provider, settles this attempt.
@@ -216,7 +228,7 @@ def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderErro
             # A callback held for this attempt may now be checked with the provider (workers.deliveries).
             for delivery_id in held_deliveries(session, job_id, attempt):
                 c.publisher.after_commit(session, queue.PROCESS_DELIVERY, str(delivery_id))
-            return "unknown"
+            return Submit.unknown
         opened = admission.record_failure(session, c.settings, job.provider, now)
         return retry_or_fail(c, session, job, exc, detail, breaker_open=opened,
                              reason=f"submit failed: {exc.code or exc.status_code}")

@@ -24,8 +24,8 @@ from orchestrator.providers._http import DEFAULT_TIMEOUT
 from orchestrator.providers.registry import PROVIDERS
 from workers.celery_app import TASK_OPTS
 from workers.context import Context, ctx
-from workers.reconcile import lock_job, poll_job, settle_runware
-from workers.retry import rebalance, requeue
+from workers.reconcile import Poll, lock_job, poll_job, settle_runware
+from workers.retry import Retry, rebalance, requeue
 
 log = logging.getLogger(__name__)
 PAGE = 200
@@ -100,7 +100,7 @@ def _requeue_unsent(c: Context, before: datetime) -> int:
                     and job.updated_at < before:
                 done += requeue(c, session, job, "claimed but never sent (worker lost)", 0.0, {}, count=False,
                                 expect=[JobState.submitting],
-                                where=[Job.attempt == job.attempt, Job.submit_started_at.is_(None)]) == "requeued"
+                                where=[Job.attempt == job.attempt, Job.submit_started_at.is_(None)]) == Retry.requeued
     return done
 
 
@@ -113,7 +113,7 @@ def _settle_unknown(c: Context, now: datetime) -> int:
         Job.state == JobState.submitting, Job.provider == "runware", Job.submit_started_at.is_not(None),
         Job.submit_started_at < now - timedelta(seconds=s.claim_stale_seconds)))
     not_found_before = now - timedelta(seconds=max(s.claim_stale_seconds, SUBMIT_IN_FLIGHT_SECONDS))
-    settled = sum(settle_runware(c, job_id, not_found_before) not in ("skipped", "poll failed", "waiting")
+    settled = sum(settle_runware(c, job_id, not_found_before) not in (Poll.skipped, Poll.failed, Poll.waiting)
                   for job_id in runware)
     # A fal callback held because its attempt's submit answer never came (worker lost, connection cut):
     # have it checked with fal, which may let its signed request id be adopted (workers.deliveries).
@@ -166,10 +166,10 @@ def _resubmit_unknown_fal(c: Context, job_id: uuid.UUID, now: datetime) -> bool:
                         {"policy": policy, "waited_seconds": wait}, kind="unknown_outcome_resubmit",
                         expect=[JobState.submitting],
                         where=[Job.attempt == job.attempt, Job.submit_started_at == job.submit_started_at])
-        if moved == "requeued":
+        if moved is Retry.requeued:
             metrics.incr(session, "orchestrator_unknown_outcome_resubmits_total", provider=job.provider,
                          policy=policy)
-        return moved == "requeued"
+        return moved is Retry.requeued
 
 
 def _callback_pending(session: Session, job: Job, since: datetime) -> bool:
@@ -188,7 +188,7 @@ def _poll_overdue(c: Context, now: datetime) -> int:
         Job.state == JobState.submitted, Job.submitted_at < now - timedelta(seconds=s.poll_after_seconds),
         sa.or_(Job.last_polled_at.is_(None), Job.last_polled_at < now - timedelta(seconds=s.poll_interval_seconds)),
     ).order_by(Job.submitted_at))
-    return sum(poll_job(c, job_id) not in ("skipped", "poll failed") for job_id in ids)
+    return sum(poll_job(c, job_id) not in (Poll.skipped, Poll.failed) for job_id in ids)
 
 
 def _resume_storing(c: Context, before: datetime) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,7 +31,7 @@ from orchestrator.providers.base import ImageRef, Outcome
 from orchestrator.providers.errors import NotFound, ProviderError, TransientProviderError
 from workers import admission
 from workers.context import Context
-from workers.retry import requeue, retry_or_fail
+from workers.retry import Retry, requeue, retry_or_fail
 
 log = logging.getLogger(__name__)
 WAITING = (JobState.submitting, JobState.submitted)
@@ -164,7 +165,7 @@ def _price_assets(session: Session, job: Job, prices: Mapping[str, Price]) -> De
     return total
 
 
-def _failed(c: Context, session: Session, job: Job, error: ProviderError | None, source: str) -> str:
+def _failed(c: Context, session: Session, job: Job, error: ProviderError | None, source: str) -> str | Retry:
     error = error or TransientProviderError(job.provider, "the provider reported a failure without details")
     detail: dict[str, object] = {"source": source, "error": str(error), "code": error.code}
     if isinstance(error, NotFound) and job.state is JobState.submitted:
@@ -178,6 +179,20 @@ def _failed(c: Context, session: Session, job: Job, error: ProviderError | None,
     opened = admission.breaker_open(session, job.provider, utcnow()) if error.retry_call else False
     return retry_or_fail(c, session, job, error, detail, breaker_open=opened,
                          reason=f"generation failed: {error.code or error.message}")
+
+
+class Poll(StrEnum):
+    """What asking a provider about a job came to, when `apply` did not get to decide."""
+
+    skipped = "skipped"  # nothing to ask about (any more)
+    no_request_id = "no request id"
+    gone = "gone"
+    failed = "poll failed"  # the call itself failed: ask again later
+    pending = "pending"
+    waiting = "waiting"  # Runware does not know the task, but the submit may still be on its way
+    settled = "settled"  # Runware has the task: the job waits as submitted
+    moved_on = "moved on"
+    unchanged = "unchanged"
 
 
 @dataclass(frozen=True)
@@ -211,32 +226,32 @@ def poll_target(c: Context, target: PollTarget) -> Outcome | None:
         return None
 
 
-def poll_job(c: Context, job_id: uuid.UUID) -> str:
+def poll_job(c: Context, job_id: uuid.UUID) -> Poll | str:
     """Poll one silent job and reconcile what the provider says through the same path."""
     with c.session() as session:
         job = session.get(Job, job_id)
         if job is None or job.state not in WAITING:
-            return "skipped"
+            return Poll.skipped
         target = target_of(job)
         if not target.request_id:
-            return "no request id"
+            return Poll.no_request_id
         job.last_polled_at = utcnow()
     outcome = poll_target(c, target)
     with c.session() as session:
         job = lock_job(session, job_id)
         if job is None:
-            return "gone"
+            return Poll.gone
         state.record(session, job_id, "poll", target.attempt, status=outcome.status if outcome else "error")
         metrics.incr(session, "orchestrator_provider_requests_total", provider=target.provider, call="poll",
                      outcome=outcome.status if outcome else "error", code="-")
         if outcome is None:
-            return "poll failed"
+            return Poll.failed
         if outcome.status == "fetch_result":
-            return "pending"
+            return Poll.pending
         return apply(c, session, job, target.attempt, outcome, "poll")
 
 
-def settle_runware(c: Context, job_id: uuid.UUID, not_found_before: datetime) -> str:
+def settle_runware(c: Context, job_id: uuid.UUID, not_found_before: datetime) -> Poll | Retry | str:
     """Settle a Runware attempt whose submit outcome is unknown, by getResponse on its task UUID.
 
     Runware knows a task by the UUID we chose and committed with the intent, so nothing is
@@ -247,25 +262,25 @@ def settle_runware(c: Context, job_id: uuid.UUID, not_found_before: datetime) ->
     with c.session() as session:
         job = session.get(Job, job_id)
         if job is None or job.state is not JobState.submitting or not job.submit_started_at or not job.task_id:
-            return "skipped"
+            return Poll.skipped
         target, intent = target_of(job, job.task_id), job.submit_started_at
         job.last_polled_at = utcnow()
     outcome = poll_target(c, target)
     with c.session() as session:
         job = lock_job(session, job_id)
         if job is None or job.attempt != target.attempt:
-            return "skipped"
+            return Poll.skipped
         state.record(session, job_id, "poll", target.attempt, status=outcome.status if outcome else "error",
                      reason="submit outcome unknown")
         if outcome is None:
-            return "poll failed"
+            return Poll.failed
         if job.state is not JobState.submitting or job.submit_started_at != intent:
             # A callback or the submit's own answer got there first: the usual rules apply.
-            return apply(c, session, job, target.attempt, outcome, "settle") if job.state in WAITING else "moved on"
+            return apply(c, session, job, target.attempt, outcome, "settle") if job.state in WAITING else Poll.moved_on
         guard = [Job.attempt == target.attempt, Job.submit_started_at == intent]
         if isinstance(outcome.error, NotFound):
             if as_utc(intent) >= not_found_before:
-                return "waiting"
+                return Poll.waiting
             return requeue(c, session, job, "Runware does not know the task: the submit never arrived", 0.0,
                            {"task_uuid": target.request_id}, count=False, expect=[JobState.submitting], where=guard)
         if outcome.status in ("pending", "fetch_result"):
@@ -275,5 +290,5 @@ def settle_runware(c: Context, job_id: uuid.UUID, not_found_before: datetime) ->
                                      values={"provider_request_id": target.request_id, "submitted_at": utcnow()},
                                      detail={"via": "getResponse", "status": "processing",
                                              "task_uuid": target.request_id})
-            return "settled" if moved.applied else "unchanged"
+            return Poll.settled if moved.applied else Poll.unchanged
         return apply(c, session, job, target.attempt, outcome, "settle")

@@ -17,6 +17,7 @@ import random
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,13 +36,22 @@ from workers.context import Context
 PAGE = 500  # jobs moved per call; the sweep carries on with the rest
 
 
+class Retry(StrEnum):
+    """What the retry policy did with a job."""
+
+    requeued = "requeued"
+    unchanged = "unchanged"  # the job moved on meanwhile: the decision applied to nothing
+    failed = "failed"  # out of attempts
+    failed_over = "failed_over"  # moved to the other provider's model
+
+
 def retry_or_fail(c: Context, session: Session, job: Job, exc: ProviderError, detail: dict[str, object],
-                  *, breaker_open: bool, reason: str) -> str:
+                  *, breaker_open: bool, reason: str) -> Retry:
     """Retry a transient failure with backoff (failing over if allowed), or fail when out of attempts."""
     if job.retries + 1 >= c.settings.max_attempts:
         state.fail(session, job.id, exc.code or "provider_error",
                    f"gave up after {job.retries + 1} attempts: {exc.message}", detail=detail)
-        return "failed"
+        return Retry.failed
     if breaker_open:
         # Every queued alias job leaves this provider now, not after the breaker's cooldown.
         prices = c.settings.price_table()
@@ -51,13 +61,13 @@ def retry_or_fail(c: Context, session: Session, job: Job, exc: ProviderError, de
             for provider in PROVIDERS:
                 kick(c, session, provider)
         if failed_over:
-            return "failed_over"
+            return Retry.failed_over
     return requeue(c, session, job, reason, backoff(c.settings, job.retries + 1), detail)
 
 
 def requeue(c: Context, session: Session, job: Job, reason: str, delay: float,
             detail: dict[str, object], *, count: bool = True, kind: str = "retry_scheduled",
-            expect: Iterable[JobState] | None = None, where: Iterable[sa.ColumnElement[bool]] = ()) -> str:
+            expect: Iterable[JobState] | None = None, where: Iterable[sa.ColumnElement[bool]] = ()) -> Retry:
     """Put a job back in the queue after `delay` seconds, with the reason on its timeline.
 
     `expect` and `where` make the move conditional on what the caller decided from (see
@@ -71,7 +81,7 @@ def requeue(c: Context, session: Session, job: Job, reason: str, delay: float,
                              detail={**detail, "delay_seconds": round(delay, 2)}, values=values,
                              expect=expect, where=where)
     # The state module queues the claim round for when it is due (and one now if a slot freed).
-    return "requeued" if moved.applied else "unchanged"
+    return Retry.requeued if moved.applied else Retry.unchanged
 
 
 def backoff(settings: Settings, retries: int) -> float:
