@@ -37,8 +37,7 @@ KEPT_HEADERS = ("content-type", "user-agent", *registry.webhook_headers())
 @bp.post("/<provider>/<job_id>/<attempt>")
 def receive(provider: str, job_id: str, attempt: str) -> Response | tuple[Response, int]:
     """Accept one provider callback: target, token, the provider's own check, binding, store."""
-    raw = request.get_data(cache=False)
-    headers = {k: v for k, v in request.headers.items() if k.lower() in KEPT_HEADERS}
+    raw, headers = request.get_data(cache=False), _kept_headers()
     if provider not in registry.PROVIDERS:
         return _reject(provider, raw, headers, None, None, 404, "no webhook endpoint for this provider")
     target = webhook_urls.target(provider, job_id, attempt)
@@ -68,9 +67,13 @@ def receive(provider: str, job_id: str, attempt: str) -> Response | tuple[Respon
 @bp.post("/<path:rest>")
 def unknown_path(rest: str) -> tuple[Response, int]:
     """Any other callback path: refused, and kept in the inbox for the audit like every other callback."""
-    raw = request.get_data(cache=False)
-    headers = {k: v for k, v in request.headers.items() if k.lower() in KEPT_HEADERS}
+    raw, headers = request.get_data(cache=False), _kept_headers()
     return _reject(rest.split("/", 1)[0], raw, headers, None, None, 404, "no such webhook endpoint")
+
+
+def _kept_headers() -> dict[str, str]:
+    """The request headers stored with a delivery (no credentials: signatures and content type)."""
+    return {k: v for k, v in request.headers.items() if k.lower() in KEPT_HEADERS}
 
 
 @cache
