@@ -1,17 +1,17 @@
 """Bind a provider callback to the attempt it was sent to.
 
-A valid signature (fal) or URL token proves who sent a delivery, not which of our requests it
-is about: any fal customer can obtain signed deliveries for their own requests, and a delivery
-for job A posted to job B's URL must not finish B. So a delivery names a provider request (fal's
-signed request id, Runware's `taskUUID`) and it is applied only if that is the request of the
-attempt its URL names:
+A valid signature (fal, checked by the adapter's `verify_webhook`) or URL token proves who sent
+a delivery, not which of our requests it is about: any fal customer can obtain signed deliveries
+for their own requests, and a delivery for job A posted to job B's URL must not finish B. So a
+delivery names a provider request (the adapter's `claimed_request_id`: fal's signed request id,
+Runware's `taskUUID`) and it is applied only if that is the request of the attempt its URL names:
 
 - `match`: the attempt's request id is known and equal;
 - `refused`: it is known and different, or the delivery names none (or several);
 - `held`: not known yet (the callback beat our submit call's answer). The delivery is stored
   but not applied; it is examined again when the submit answer records the id
   (`workers.dispatch.submit_succeeded`), or when the submit outcome is unknown and the provider
-  confirms the request is ours (`workers.webhooks`).
+  confirms the request is ours (`workers.deliveries`).
 """
 
 from __future__ import annotations
