@@ -33,8 +33,10 @@ import sqlalchemy as sa
 
 from orchestrator import catalog_runs, catalog_source, intake, schedules
 from orchestrator.db import make_engine, make_session_factory, session_scope, utcnow
-from orchestrator.models import FINAL_BATCH, Batch, CatalogEntry, Schedule
+from orchestrator.models import FINAL_BATCH, Batch
 from orchestrator.netutil import free_port
+from orchestrator.schedule_models import CatalogEntry, Schedule
+from orchestrator.schemas import ScheduleIn
 from orchestrator.storage.local import LocalStorage
 
 TENANT = "bench"
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         engine = make_engine(db_url)
         factory = make_session_factory(engine)
         with session_scope(factory) as session:
-            data = schedules.ScheduleIn.model_validate({"name": "nightly", "cron": "0 2 * * *", "template": TEMPLATE})
+            data = ScheduleIn.model_validate({"name": "nightly", "cron": "0 2 * * *", "template": TEMPLATE})
             schedule = schedules.create(session, TENANT, data, args.rows)
             schedule_id = schedule.id
         with factory() as session:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from orchestrator import models  # noqa: F401  (registers every table on the metadata)
+from orchestrator import models, schedule_models  # noqa: F401  (registers every table on the metadata)
 from orchestrator.db import Base, make_engine
 from orchestrator.settings import get_settings
 

@@ -22,7 +22,7 @@ from orchestrator.intake import Plan
 from orchestrator.lookup import owned
 from orchestrator.models import Asset, Batch, BatchState, Job, JobEvent, JobState
 from orchestrator.pricing import JobEstimate, Price
-from orchestrator.schemas import BatchOut, JobOut
+from orchestrator.responses import BatchOut, JobOut
 
 
 @dataclass(frozen=True)

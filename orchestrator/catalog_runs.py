@@ -27,8 +27,9 @@ from orchestrator import batches, catalog_keys, metrics
 from orchestrator.db import upsert_insert, utcnow
 from orchestrator.errors import BatchRejected, ItemProblem
 from orchestrator.intake import Plan
-from orchestrator.models import Asset, Batch, CatalogEntry
+from orchestrator.models import Asset, Batch
 from orchestrator.pricing import Price
+from orchestrator.schedule_models import CatalogEntry
 from orchestrator.storage.base import Storage
 from orchestrator.storage.local import LocalStorage
 

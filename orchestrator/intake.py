@@ -124,24 +124,43 @@ def rejected(problems: list[ItemProblem], detail: str | None = None) -> BatchRej
     return BatchRejected(problems, detail)
 
 
+# Both walks over the items (plan's over a valid request, _model_problems/_duplicate_problems over
+# a body that failed validation, to list every problem at once) check an item with these two.
+
+class _SeenIds:
+    """The custom_ids met so far: a repeat is a problem naming the first one's position."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, int] = {}
+
+    def repeat(self, position: int, custom_id: str) -> ItemProblem | None:
+        if custom_id not in self.first:
+            self.first[custom_id] = position
+            return None
+        first = self.first[custom_id]
+        return ItemProblem(position, custom_id, "custom_id", f"duplicate of the item at position {first}")
+
+
+def _item_job(position: int, custom_id: str, item: dict[str, Any], problems: list[ItemProblem],
+              problem_id: str | None) -> JobSpec | None:
+    """The item's job; or None, its model's problems added to `problems` (under `problem_id`)."""
+    try:
+        return _job(position, custom_id, item)
+    except catalog.CatalogError as err:
+        problems.extend(ItemProblem(position, problem_id, f, m) for f, m in err.problems)
+        return None
+
+
 def _duplicate_problems(items: Any, defaults: Any) -> list[ItemProblem]:
     if not isinstance(items, list):
         return []
-    seen: dict[str, int] = {}
+    ids = _SeenIds()
     problems = []
     for position, raw in enumerate(items):
         custom_id = raw.get("custom_id") if isinstance(raw, dict) else None
-        if not isinstance(custom_id, str) or not custom_id:
-            continue
-        if custom_id in seen:
-            problems.append(_duplicate(position, custom_id, seen[custom_id]))
-        else:
-            seen[custom_id] = position
+        if isinstance(custom_id, str) and custom_id and (repeat := ids.repeat(position, custom_id)):
+            problems.append(repeat)
     return problems
-
-
-def _duplicate(position: int, custom_id: str, first: int) -> ItemProblem:
-    return ItemProblem(position, custom_id, "custom_id", f"duplicate of the item at position {first}")
 
 
 def _model_problems(data: dict[str, Any], skip: set[int | None]) -> list[ItemProblem]:
@@ -156,10 +175,7 @@ def _model_problems(data: dict[str, Any], skip: set[int | None]) -> list[ItemPro
         merged = {**base, **raw}
         custom_id = merged.pop("custom_id", None)
         try:
-            _job(position, str(custom_id), merged)
-        except catalog.CatalogError as err:
-            cid = custom_id if isinstance(custom_id, str) else None
-            problems.extend(ItemProblem(position, cid, f, m) for f, m in err.problems)
+            _item_job(position, str(custom_id), merged, problems, custom_id if isinstance(custom_id, str) else None)
         except (TypeError, ValueError, AttributeError):
             continue  # malformed beyond what the structural errors already say
     return problems
@@ -188,20 +204,16 @@ def plan(request: BatchRequest, max_items: int) -> Plan:
     problems: list[ItemProblem] = []
     raw_items = list(_expand(request, max_items, problems))
     jobs: list[JobSpec] = []
-    seen: dict[str, int] = {}
+    ids = _SeenIds()
     for position, item in enumerate(raw_items):
         if item is None:
             continue  # a catalog row whose problem is already listed
         merged = {**defaults, **item}
         custom_id = str(merged.pop("custom_id", None) or f"item-{position}")
-        if custom_id in seen:
-            problems.append(_duplicate(position, custom_id, seen[custom_id]))
-            continue
-        seen[custom_id] = position
-        try:
-            jobs.append(_job(position, custom_id, merged))
-        except catalog.CatalogError as exc:
-            problems.extend(ItemProblem(position, custom_id, f, m) for f, m in exc.problems)
+        if repeat := ids.repeat(position, custom_id):
+            problems.append(repeat)  # a repeated id is not checked against its model
+        elif job := _item_job(position, custom_id, merged, problems, custom_id):
+            jobs.append(job)
     if problems:
         raise rejected(problems)
     return Plan(request, jobs)

@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from orchestrator.db import upsert_insert
-from orchestrator.models import Batch, Counter, Job, JobState, Schedule, ScheduleRun
+from orchestrator.models import Batch, Counter, Job, JobState
 from orchestrator.providers.registry import PROVIDERS
+from orchestrator.schedule_models import Schedule, ScheduleRun
 from orchestrator.settings import Settings
 
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300)

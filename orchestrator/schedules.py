@@ -16,13 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from string import Formatter
-from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import sqlalchemy as sa
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from orchestrator import batches, catalog_keys, catalog_runs, catalog_source, intake, metrics, netpolicy
@@ -30,97 +30,12 @@ from orchestrator.catalog_source import SourcePolicy
 from orchestrator.db import as_utc, iso, utcnow
 from orchestrator.errors import BatchRejected, Conflict, ItemProblem, ScheduleRejected, TooLarge
 from orchestrator.lookup import owned
-from orchestrator.models import FINAL_BATCH, Batch, Schedule, ScheduleRun
+from orchestrator.models import FINAL_BATCH, Batch
 from orchestrator.pricing import Price
+from orchestrator.responses import ScheduleOut, ScheduleRunOut
+from orchestrator.schedule_models import Schedule, ScheduleRun
+from orchestrator.schemas import ScheduleIn, ScheduleUpdate
 from orchestrator.storage.base import Storage
-
-
-class ScheduleIn(BaseModel):
-    """POST /v1/schedules (PATCH takes any subset)."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"name": "nightly foxes", "cron": "0 2 * * *", "timezone": "Europe/Berlin",
-         "template": {"items": [{"custom_id": "fox", "model": "flux-schnell", "prompt": "a red fox"}]}}]})
-    name: str = Field(min_length=1, max_length=200)
-    cron: str = Field(min_length=1, max_length=120, description="five-field cron expression")
-    timezone: str = "UTC"
-    template: dict[str, Any] = Field(description="a POST /v1/batches body run at every slot")
-    enabled: bool = True
-    overlap_policy: Literal["skip", "queue", "allow"] = "skip"
-    catchup_window_seconds: int = Field(default=3600, ge=0, le=7 * 24 * 3600)
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        if len(value.split()) != 5 or not croniter.is_valid(value):
-            raise ValueError("must be a valid five-field cron expression, e.g. '0 2 * * *'")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name like Europe/Berlin") from None
-        return value
-
-
-def _no_defaults(schema: dict[str, Any]) -> None:
-    # An absent field means "unchanged", not null: the document must not claim a null default.
-    for prop in schema.get("properties", {}).values():
-        prop.pop("default", None)
-
-
-class ScheduleUpdate(BaseModel):
-    """PATCH /v1/schedules/<id>: any subset of the schedule's fields (the result is validated as a whole)."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_no_defaults)
-    name: str = Field(default=None, min_length=1, max_length=200)  # type: ignore[assignment]
-    cron: str = Field(default=None, min_length=1, max_length=120)  # type: ignore[assignment]
-    timezone: str = Field(default=None, min_length=1, max_length=64)  # type: ignore[assignment]
-    template: dict[str, Any] = Field(default=None)  # type: ignore[assignment]
-    enabled: bool = Field(default=None)  # type: ignore[assignment]
-    overlap_policy: Literal["skip", "queue", "allow"] = Field(default=None)  # type: ignore[assignment]
-    catchup_window_seconds: int = Field(default=None, ge=0, le=7 * 24 * 3600)  # type: ignore[assignment]
-
-
-class ScheduleRunOut(BaseModel):
-    """One firing: its batch and catalog summary, or the problem that stopped it."""
-
-    slot: str = Field(json_schema_extra={"format": "date-time"})
-    status: str = Field(description="created or failed")
-    error: str | None
-    batch_id: str | None = Field(json_schema_extra={"format": "uuid"})
-    batch_state: str | None
-    summary: dict[str, Any] = Field(description="read / new / changed / unchanged / removed / failed (live)")
-    created_at: str = Field(json_schema_extra={"format": "date-time"})
-
-
-class ScheduleOut(BaseModel):
-    """A schedule as the API returns it."""
-
-    id: str = Field(json_schema_extra={"format": "uuid"})
-    name: str
-    cron: str
-    timezone: str
-    template: dict[str, Any]
-    enabled: bool
-    overlap_policy: str
-    catchup_window_seconds: int
-    next_run_at: str | None = Field(json_schema_extra={"format": "date-time"})
-    last_run_at: str | None = Field(json_schema_extra={"format": "date-time"})
-    last_batch_id: str | None = Field(json_schema_extra={"format": "uuid"})
-    last_error: str | None = Field(default=None, description="why the latest firing made no batch; null after "
-                                                             "a firing that did")
-    last_runs: list[ScheduleRunOut] | None = Field(default=None, description="GET /v1/schedules/<id>: newest first")
-
-
-class SchedulePage(BaseModel):
-    """This tenant's schedules by name (one page: next_cursor is always null)."""
-
-    data: list[ScheduleOut]
-    next_cursor: str | None
 
 
 def next_slot(cron: str, timezone: str, after: datetime) -> datetime:

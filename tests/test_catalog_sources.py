@@ -23,8 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator import catalog_keys, catalog_source, schedules
 from orchestrator.catalog_source import SourceError, SourcePolicy
 from orchestrator.db import session_scope, utcnow
-from orchestrator.models import Batch, CatalogEntry, Job, Schedule, ScheduleRun
+from orchestrator.models import Batch, Job
 from orchestrator.netutil import free_port
+from orchestrator.schedule_models import CatalogEntry, Schedule, ScheduleRun
+from orchestrator.schemas import ScheduleIn
 from orchestrator.storage.local import LocalStorage
 
 CATALOG = {"model": "flux-schnell", "template": "Photo of a {colour} {product}", "id_field": "sku",
@@ -207,7 +209,7 @@ def test_content_keys_cover_every_generation_parameter() -> None:
 
 def _source_schedule(sessions: sessionmaker[Session], source: str) -> str:
     with session_scope(sessions) as s:
-        data = schedules.ScheduleIn.model_validate(
+        data = ScheduleIn.model_validate(
             {**BODY, "template": {"catalog": {**CATALOG, "source": source}}})
         schedule = schedules.create(s, "acme", data, 1000, SourcePolicy(allow_private=True))
         schedule.next_run_at = utcnow() - timedelta(seconds=1)

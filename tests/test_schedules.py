@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import schedules, state
 from orchestrator.db import session_scope, utcnow
-from orchestrator.models import Batch, Job, JobState, Schedule
+from orchestrator.models import Batch, Job, JobState
+from orchestrator.schedule_models import Schedule
+from orchestrator.schemas import ScheduleIn
 from orchestrator.settings import Settings
 from workers.context import Context
 from workers.maintenance import run_sweep
@@ -73,7 +75,7 @@ def test_slots_follow_the_zone_across_dst() -> None:
 
 
 def _schedule(session: Session, **kw: Any) -> Schedule:
-    data = schedules.ScheduleIn.model_validate({**BODY, "timezone": "UTC", **kw})
+    data = ScheduleIn.model_validate({**BODY, "timezone": "UTC", **kw})
     schedule = schedules.create(session, "acme", data, 1000)
     schedule.next_run_at = datetime(2026, 11, 21, 2, tzinfo=UTC)
     return schedule

@@ -10,10 +10,12 @@ from pydantic import ValidationError
 
 from orchestrator import batches, gallery, jsonbody, picks, queue, rerender
 from orchestrator.api.context import db, services
-from orchestrator.api.spec import Body, operation
+from orchestrator.api.operations import Body, operation
+from orchestrator.api.params import BatchHeaders
 from orchestrator.errors import BatchRejected, ItemProblem
 from orchestrator.models import Batch
-from orchestrator.schemas import BatchHeaders, BatchOut, PickOut, PicksIn, PicksOut, RerenderIn
+from orchestrator.responses import BatchOut, PickOut, PicksOut
+from orchestrator.schemas import PicksIn, RerenderIn
 
 bp = Blueprint("picks", __name__, url_prefix="/v1")
 LINK_SECONDS = 3600

@@ -11,9 +11,9 @@ from flask import Blueprint, Response, g, stream_with_context
 
 from orchestrator import batches, signing
 from orchestrator.api.context import db, services
-from orchestrator.api.spec import Content, operation
+from orchestrator.api.operations import Content, operation
 from orchestrator.models import Asset, Job
-from orchestrator.schemas import CallbackSecretOut, ManifestError, ManifestImage, ManifestLine
+from orchestrator.responses import CallbackSecretOut, ManifestError, ManifestImage, ManifestLine
 from orchestrator.storage.base import Storage
 
 bp = Blueprint("results", __name__, url_prefix="/v1")
@@ -30,21 +30,26 @@ def results(batch_id: uuid.UUID) -> Response:
     factory, storage = services().sessions, services().storage
 
     def lines() -> Iterator[str]:
-        after = -1
         with factory() as session:
-            while True:
-                jobs = list(session.execute(sa.select(Job).where(Job.batch_id == bid, Job.position > after)
-                                            .order_by(Job.position).limit(PAGE)).scalars())
-                if not jobs:
-                    return
-                assets = _assets(session, [j.id for j in jobs])
-                for job in jobs:
-                    line = manifest_line(job, assets.get(job.id, []), storage)
-                    yield json.dumps(line.model_dump(mode="json")) + "\n"
-                after = jobs[-1].position
+            yield from manifest_lines(session, bid, storage)
 
     return Response(stream_with_context(lines()), mimetype="application/x-ndjson",
                     headers={"Content-Disposition": f'inline; filename="batch-{bid}.jsonl"'})
+
+
+def manifest_lines(session: sa.orm.Session, batch_id: uuid.UUID, storage: Storage) -> Iterator[str]:
+    """The batch's JSONL manifest: one line per job by position, read PAGE jobs at a time."""
+    after = -1
+    while True:
+        jobs = list(session.execute(sa.select(Job).where(Job.batch_id == batch_id, Job.position > after)
+                                    .order_by(Job.position).limit(PAGE)).scalars())
+        if not jobs:
+            return
+        assets = _assets(session, [j.id for j in jobs])
+        for job in jobs:
+            line = manifest_line(job, assets.get(job.id, []), storage)
+            yield json.dumps(line.model_dump(mode="json")) + "\n"
+        after = jobs[-1].position
 
 
 def _assets(session: sa.orm.Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Asset]]:

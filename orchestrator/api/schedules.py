@@ -10,13 +10,13 @@ from flask import Blueprint, g, request
 
 from orchestrator import batches, catalog_runs, jsonbody, queue, schedules
 from orchestrator.api.context import db, services
-from orchestrator.api.spec import Body, operation
+from orchestrator.api.operations import Body, operation
 from orchestrator.db import utcnow
 from orchestrator.errors import BatchRejected, ItemProblem, ScheduleRejected
-from orchestrator.models import Schedule
 from orchestrator.netpolicy import AddressPolicy
-from orchestrator.schedules import ScheduleIn, ScheduleOut, SchedulePage, ScheduleUpdate
-from orchestrator.schemas import BatchOut
+from orchestrator.responses import BatchOut, ScheduleOut, SchedulePage
+from orchestrator.schedule_models import Schedule
+from orchestrator.schemas import ScheduleIn, ScheduleUpdate
 
 bp = Blueprint("schedules", __name__, url_prefix="/v1/schedules")
 

@@ -1,6 +1,7 @@
 """The /v1 client API: batches, jobs, models, OpenAPI.
 
-Routes are declared with orchestrator.api.spec.operation, which also writes /v1/openapi.json.
+Routes are declared with orchestrator.api.operations.operation; orchestrator.api.openapi writes
+/v1/openapi.json from those declarations.
 """
 
 from __future__ import annotations
@@ -13,31 +14,26 @@ from pydantic import ValidationError
 
 from orchestrator import batch_lists, batches, budget, catalog, catalog_runs, intake, jsonbody, pricing, queue
 from orchestrator.api.context import db, services
-from orchestrator.api.spec import Body, Content, document, operation
+from orchestrator.api.openapi import document
+from orchestrator.api.operations import Body, Content, operation
+from orchestrator.api.params import BatchHeaders, BatchListQuery, BatchOptions, JobListQuery
 from orchestrator.db import iso
 from orchestrator.log import bind
 from orchestrator.netpolicy import AddressPolicy
-from orchestrator.schemas import (
-    BatchHeaders,
-    BatchListQuery,
-    BatchOptions,
+from orchestrator.responses import (
     BatchOut,
     BatchPage,
-    BatchPatch,
-    BatchRequest,
-    BudgetIn,
     BudgetOut,
     CancelOut,
     Estimate,
-    Item,
     JobDetail,
     JobEventOut,
-    JobListQuery,
     JobPage,
     ModelsOut,
     PricesOut,
     RetryOut,
 )
+from orchestrator.schemas import BatchPatch, BatchRequest, BudgetIn, Item
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/ndjson")

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from flask import Response, abort, redirect, render_template, request, url_for
+from sqlalchemy.orm import Session
 
 from orchestrator import audit, batch_lists, batches, catalog, gallery, picks, rerender, stats
 from orchestrator.api.context import db, services
-from orchestrator.api.results import manifest_line
+from orchestrator.api.results import manifest_lines
 from orchestrator.dashboard import actions
 from orchestrator.dashboard.blueprint import bp
 from orchestrator.dashboard.security import actor, require_admin
 from orchestrator.db import as_utc, utcnow
-from orchestrator.models import FINAL_BATCH, Asset, Batch, CallbackAttempt, Job, JobState, Schedule
+from orchestrator.models import FINAL_BATCH, Asset, Batch, CallbackAttempt, Job, JobState
 from orchestrator.picks import InvalidSelection
+from orchestrator.schedule_models import Schedule
 
 GRID_PAGE = 1000
 IMAGE_LINK_SECONDS = 300  # the signed link behind each grid image lives five minutes
@@ -60,8 +63,6 @@ def batch_page(batch_id: str) -> str:
                            callbacks=callbacks, children=children, schedule=schedule,
                            pick_count=len(picks.picked(session, batch)), models=sorted(catalog.MODELS),
                            aliases=sorted(catalog.ALIASES), final=batch.state in FINAL_BATCH)
-
-
 
 
 def _chart(session: Any, batch: Batch, start: datetime, end: datetime) -> dict[str, Any]:
@@ -164,22 +165,22 @@ def batch_rerender(batch_id: str) -> Response:
 @require_admin
 def batch_cancel(batch_id: str) -> Response:
     """Cancel the batch's unfinished jobs."""
-    session = db()
-    batch = _batch(batch_id)
-    count = actions.cancel(session, batch)
-    audit.record(session, actor(), "cancel", f"batch {batch.id}", count)
-    session.commit()
-    return _back(batch)
+    return _apply("cancel", actions.cancel, batch_id)
 
 
 @bp.post("/batches/<batch_id>/retry")
 @require_admin
 def batch_retry(batch_id: str) -> Response:
     """Re-queue the batch's failed jobs."""
+    return _apply("retry", actions.retry, batch_id)
+
+
+def _apply(name: str, action: Callable[[Session, Batch], int], batch_id: str) -> Response:
+    """Run one action on the batch, audit it with the jobs it touched, and go back to the batch."""
     session = db()
     batch = _batch(batch_id)
-    count = actions.retry(session, batch)
-    audit.record(session, actor(), "retry", f"batch {batch.id}", count)
+    count = action(session, batch)
+    audit.record(session, actor(), name, f"batch {batch.id}", count)
     session.commit()
     return _back(batch)
 
@@ -188,17 +189,8 @@ def batch_retry(batch_id: str) -> Response:
 @require_admin
 def batch_manifest(batch_id: str) -> Response:
     """The same JSONL manifest as /v1/batches/<id>/results (fresh signed links)."""
-    session = db()
     batch = _batch(batch_id)
-    storage = services().storage
-    jobs = list(session.scalars(sa.select(Job).where(Job.batch_id == batch.id).order_by(Job.position)))
-    assets: dict[uuid.UUID, list[Asset]] = {}
-    for a in session.scalars(sa.select(Asset).join(Job, Job.id == Asset.job_id)
-                             .where(Job.batch_id == batch.id, Asset.stored_at.is_not(None))
-                             .order_by(Asset.job_id, Asset.index)):
-        assets.setdefault(a.job_id, []).append(a)
-    body = "".join(json.dumps(manifest_line(j, assets.get(j.id, []), storage).model_dump(mode="json")) + "\n"
-                   for j in jobs)
+    body = "".join(manifest_lines(db(), batch.id, services().storage))
     return Response(body, mimetype="application/x-ndjson",
                     headers={"Content-Disposition": f'attachment; filename="batch-{batch.id}.jsonl"'})
 

@@ -14,9 +14,10 @@ from orchestrator.dashboard.blueprint import bp
 from orchestrator.dashboard.helpers import filter_args, parse_filter
 from orchestrator.dashboard.security import require_admin
 from orchestrator.errors import DomainError
-from orchestrator.models import Batch, BatchState, Schedule
+from orchestrator.models import Batch, BatchState
 from orchestrator.picks import InvalidSelection
 from orchestrator.providers.registry import PROVIDERS
+from orchestrator.schedule_models import Schedule
 
 PAGE = 50
 ACTIONS = ("cancel", "retry", "rerender")

@@ -15,8 +15,9 @@ from orchestrator.api.context import db, services
 from orchestrator.dashboard.blueprint import bp
 from orchestrator.dashboard.security import actor, require_admin
 from orchestrator.db import as_utc, utcnow
-from orchestrator.models import Batch, Schedule
+from orchestrator.models import Batch
 from orchestrator.picks import InvalidSelection
+from orchestrator.schedule_models import Schedule
 
 OVERLAP = ("skip", "queue", "allow")
 

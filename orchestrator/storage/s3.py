@@ -105,15 +105,9 @@ class S3Storage:
 
     def head(self, key: str) -> ObjectInfo | None:
         """Return size and content type via HEAD Object, or None if the key is absent."""
-        try:
-            resp = self._client.head_object(Bucket=self.bucket, Key=self.full_key(key), ChecksumMode="ENABLED")
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in _MISSING_CODES:
-                return None
-            raise StorageError(f"HEAD {self.describe()}/{key} failed: {code or 'error'}") from None
-        except BotoCoreError as exc:
-            raise StorageError(f"HEAD {self.describe()}/{key} failed: {type(exc).__name__}") from None
+        resp = self._head(key, ChecksumMode="ENABLED")
+        if resp is None:
+            return None
         return ObjectInfo(
             key=key,
             size=int(resp.get("ContentLength", 0)),
@@ -123,16 +117,20 @@ class S3Storage:
 
     def exists(self, key: str) -> bool:
         """HEAD the object (without checksum mode)."""
+        return self._head(key) is not None
+
+    def _head(self, key: str, **options: Any) -> dict[str, Any] | None:
+        """HEAD Object's answer, or None if the key is absent; any other failure is a StorageError."""
         try:
-            self._client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+            resp: dict[str, Any] = self._client.head_object(Bucket=self.bucket, Key=self.full_key(key), **options)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _MISSING_CODES:
-                return False
+                return None
             raise StorageError(f"HEAD {self.describe()}/{key} failed: {code or 'error'}") from None
         except BotoCoreError as exc:
             raise StorageError(f"HEAD {self.describe()}/{key} failed: {type(exc).__name__}") from None
-        return True
+        return resp
 
     def read(self, key: str, max_bytes: int) -> bytes | None:
         """GET the object, refusing one above `max_bytes` before reading its body."""

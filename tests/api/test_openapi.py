@@ -12,8 +12,8 @@ from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 from pydantic import BaseModel
 
-from orchestrator.api import spec as api_spec
-from orchestrator.schemas import BatchOut
+from orchestrator.api import openapi, operations
+from orchestrator.responses import BatchOut
 
 ITEM = {"model": "fal-ai/flux/schnell", "prompt": "a red fox"}
 
@@ -157,11 +157,11 @@ class _Declared(BaseModel):
 def test_a_view_returning_an_undeclared_model_is_a_programming_error() -> None:
     bp = Blueprint("t", __name__, url_prefix="/v1")
 
-    @api_spec.operation(bp, "GET", "/right", "Right", auth=None, responses={200: _Declared})
+    @operations.operation(bp, "GET", "/right", "Right", auth=None, responses={200: _Declared})
     def right() -> _Declared:
         return _Declared(ok=True)
 
-    @api_spec.operation(bp, "GET", "/wrong", "Wrong", auth=None, responses={200: _Declared})
+    @operations.operation(bp, "GET", "/wrong", "Wrong", auth=None, responses={200: _Declared})
     def wrong() -> BatchOut:
         return BatchOut.model_construct()
 
@@ -172,5 +172,5 @@ def test_a_view_returning_an_undeclared_model_is_a_programming_error() -> None:
     with pytest.raises(TypeError, match="declared"):
         app.testing = True
         client.get("/v1/wrong")
-    ops = api_spec.document(app, "t", "1")["paths"]
+    ops = openapi.document(app, "t", "1")["paths"]
     assert set(ops) == {"/v1/right", "/v1/wrong"} and ops["/v1/right"]["get"]["security"] == []

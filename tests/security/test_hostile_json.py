@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.models import Batch, Delivery, Job, Schedule
+from orchestrator.models import Batch, Delivery, Job
+from orchestrator.schedule_models import Schedule
 from orchestrator.settings import Settings
 from orchestrator.webhook_urls import attempt_token
 
