@@ -32,9 +32,7 @@ from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.migrate import upgrade
 from orchestrator.models import FINAL_BATCH, Asset, Delivery, Job
 from orchestrator.netutil import free_port
-from orchestrator.sandbox.config import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalConfig
-from orchestrator.sandbox.fal import FalSandbox
-from orchestrator.sandbox.faults import Faults
+from orchestrator.sandbox import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalConfig, FalSandbox, Faults
 
 ADMIN_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 # The benchmarks flush their Redis database. The tests flush db 9 (ORCH_TEST_REDIS_URL) whenever a

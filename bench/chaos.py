@@ -41,7 +41,7 @@ from _common import create_api_key, http_ok, note, print_table
 from orchestrator.migrate import upgrade
 from orchestrator.models import Batch, Job, JobEvent, JobState
 from orchestrator.netutil import free_port
-from orchestrator.sandbox.config import FAL_DEV_KEY, RUNWARE_DEV_KEY
+from orchestrator.sandbox import FAL_DEV_KEY, RUNWARE_DEV_KEY
 from orchestrator.state import TERMINAL
 
 PY = sys.executable

@@ -46,7 +46,7 @@ from typing import Any
 import _common as common
 import httpx
 
-from orchestrator.sandbox.config import FAL_DEV_KEY
+from orchestrator.sandbox import FAL_DEV_KEY
 
 MODEL = "fal-ai/flux/schnell"
 # The same request both ways: fal's native fields for fal-client, the orchestrator's common ones.

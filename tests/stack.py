@@ -24,10 +24,15 @@ from werkzeug.serving import make_server
 from orchestrator import webhook_urls
 from orchestrator.models import FINAL_BATCH
 from orchestrator.netutil import free_port
-from orchestrator.sandbox.config import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalConfig, RunwareConfig
-from orchestrator.sandbox.fal import FalSandbox
-from orchestrator.sandbox.faults import Faults
-from orchestrator.sandbox.runware import RunwareSandbox
+from orchestrator.sandbox import (
+    FAL_DEV_KEY,
+    RUNWARE_DEV_KEY,
+    FalConfig,
+    FalSandbox,
+    Faults,
+    RunwareConfig,
+    RunwareSandbox,
+)
 from orchestrator.settings import Settings
 
 FAST = {

@@ -14,7 +14,7 @@ from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.cli import main
-from orchestrator.sandbox.faults import Faults
+from orchestrator.sandbox import Faults
 from tests.conftest import REDIS_URL, make_key
 from tests.stack import Stack, start_stack
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
 from orchestrator.models import Asset, Delivery, JobEvent
-from orchestrator.sandbox.faults import Faults
+from orchestrator.sandbox import Faults
 from orchestrator.webhook_urls import attempt_token
 from tests.conftest import StackFactory, make_key
 from tests.stack import CallbackReceiver

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db import session_scope, upsert_insert, utcnow
 from orchestrator.models import Job, JobEvent, JobState, ProviderAccount
-from orchestrator.sandbox.faults import Faults
+from orchestrator.sandbox import Faults
 from orchestrator.settings import Settings
 from tests.conftest import StackFactory, make_key
 from workers import retry

@@ -20,10 +20,15 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from orchestrator.sandbox.config import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalConfig, RunwareConfig
-from orchestrator.sandbox.fal import FalSandbox
-from orchestrator.sandbox.faults import Faults
-from orchestrator.sandbox.runware import RunwareSandbox
+from orchestrator.sandbox import (
+    FAL_DEV_KEY,
+    RUNWARE_DEV_KEY,
+    FalConfig,
+    FalSandbox,
+    Faults,
+    RunwareConfig,
+    RunwareSandbox,
+)
 from orchestrator.settings import Settings
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import click
 
 from orchestrator.sandbox import FalConfig, FalSandbox, Faults, RunwareConfig, RunwareSandbox
-from orchestrator.sandbox.ledger import key_label
-from orchestrator.sandbox.server import BaseSandbox
+from orchestrator.sandbox.common.ledger import key_label
+from orchestrator.sandbox.common.server import BaseSandbox
 
 # (option, fault name, type, help); each maps one-to-one onto a Faults field.
 _FAULT_OPTIONS: list[tuple[str, str, type, str]] = [

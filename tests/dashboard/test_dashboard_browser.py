@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.models import Asset, AuditEntry, Batch, Delivery, JobEvent
-from orchestrator.sandbox.faults import Faults
+from orchestrator.sandbox import Faults
 from tests.conftest import StackFactory, make_key
 from tests.dashboard.browser import SCREENSHOTS, browser, shot, sign_in
 from tests.stack import wait_for

@@ -14,8 +14,8 @@ from click.testing import CliRunner, Result
 from orchestrator.cli import main
 from orchestrator.netutil import free_port
 from orchestrator.providers.fal.pricing import FalPricing, PricingUnavailable, parse
-from orchestrator.sandbox.config import FAL_DEV_KEY, FAL_PRICES, FalConfig
-from orchestrator.sandbox.fal import FalSandbox
+from orchestrator.sandbox import FAL_DEV_KEY, FalConfig, FalSandbox
+from orchestrator.sandbox.fal.config import FAL_PRICES
 from orchestrator.settings import Settings, get_settings
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from sandbox_receiver import Receiver
 
 from orchestrator.sandbox import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalSandbox, Faults, RunwareSandbox
-from orchestrator.sandbox.faults import Dice
+from orchestrator.sandbox.common.faults import Dice
 
 FAL_AUTH = {"Authorization": f"Key {FAL_DEV_KEY}"}
 RW_AUTH = {"Authorization": f"Bearer {RUNWARE_DEV_KEY}"}

@@ -8,7 +8,7 @@ import time
 import pytest
 from PIL import Image, ImageChops
 
-from orchestrator.sandbox.images import ImageSpec, render
+from orchestrator.sandbox.common.images import ImageSpec, render
 
 
 @pytest.mark.parametrize(("fmt", "pil_format"), [("jpeg", "JPEG"), ("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")])

@@ -17,9 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.models import Asset, Delivery, Job, JobEvent, JobState
-from orchestrator.sandbox.config import FAL_DEV_KEY
-from orchestrator.sandbox.fal_webhooks import ok_body
-from orchestrator.sandbox.faults import Faults
+from orchestrator.sandbox import FAL_DEV_KEY, Faults
+from orchestrator.sandbox.fal.webhooks import ok_body
 from orchestrator.webhook_urls import attempt_token
 from tests.conftest import StackFactory, make_key
 from tests.stack import Stack, wait_for

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.models import Batch, Delivery, Job, JobEvent
 from orchestrator.netutil import free_port
-from orchestrator.sandbox.faults import Faults
+from orchestrator.sandbox import Faults
 from orchestrator.webhook_urls import attempt_token
 from tests.conftest import StackFactory, make_key
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.models import Delivery, JobEvent
-from orchestrator.sandbox.faults import Faults
+from orchestrator.sandbox import Faults
 from tests.conftest import StackFactory, make_key
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from orchestrator.sandbox.faults import Dice, Faults
-from orchestrator.sandbox.ledger import Ledger
+from orchestrator.sandbox.common.faults import Dice, Faults
+from orchestrator.sandbox.common.ledger import Ledger
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.sandbox.faults import Dice, Faults
-from orchestrator.sandbox.ids import new_uuid
-from orchestrator.sandbox.server import retry_after
+from orchestrator.sandbox.common.faults import Dice, Faults
+from orchestrator.sandbox.common.ids import new_uuid
+from orchestrator.sandbox.common.server import retry_after
 
 NO_USER = "No user found for Key ID and Secret"
 MALFORMED_KEY = "Invalid Key Authorization header format. Expected '<key_id>:<key_secret>'."

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.sandbox.config import RunwareConfig
+from orchestrator.sandbox.runware.config import RunwareConfig
 
 DOCS = "https://runware.ai/docs/en/image-inference/api-reference"
 OUTPUT_TYPES = ("URL", "base64Data", "dataURI")

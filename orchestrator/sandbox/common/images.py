@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
-from orchestrator.sandbox.ids import new_uuid
+from orchestrator.sandbox.common.ids import new_uuid
 
 # Pillow format name, MIME type and file extension per normalised format.
 FORMATS = {

@@ -14,11 +14,11 @@ from typing import Any, NoReturn, TypeVar
 from aiohttp import web
 
 from orchestrator.netutil import free_port
-from orchestrator.sandbox.config import ServerConfig
-from orchestrator.sandbox.faults import Dice, Faults
-from orchestrator.sandbox.images import ImageSpec, MediaStore, render
-from orchestrator.sandbox.ledger import Ledger
-from orchestrator.sandbox.webhooks import RetryPolicy, WebhookSender
+from orchestrator.sandbox.common.config import ServerConfig
+from orchestrator.sandbox.common.faults import Dice, Faults
+from orchestrator.sandbox.common.images import ImageSpec, MediaStore, render
+from orchestrator.sandbox.common.ledger import Ledger
+from orchestrator.sandbox.common.webhooks import RetryPolicy, WebhookSender
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

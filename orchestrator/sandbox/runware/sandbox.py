@@ -12,14 +12,14 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.sandbox.config import RunwareConfig
-from orchestrator.sandbox.faults import Faults
-from orchestrator.sandbox.ids import new_uuid
-from orchestrator.sandbox.images import ImageSpec
-from orchestrator.sandbox.ledger import key_label
-from orchestrator.sandbox.runware_tasks import ImageTask, TaskError, cost, task_error, validate_image_task
-from orchestrator.sandbox.server import BaseSandbox, retry_after
-from orchestrator.sandbox.webhooks import Delivery
+from orchestrator.sandbox.common.faults import Faults
+from orchestrator.sandbox.common.ids import new_uuid
+from orchestrator.sandbox.common.images import ImageSpec
+from orchestrator.sandbox.common.ledger import key_label
+from orchestrator.sandbox.common.server import BaseSandbox, retry_after
+from orchestrator.sandbox.common.webhooks import Delivery
+from orchestrator.sandbox.runware.config import RunwareConfig
+from orchestrator.sandbox.runware.tasks import ImageTask, TaskError, cost, task_error, validate_image_task
 
 INVALID_KEY = "Invalid API key. Get one at https://my.runware.ai/signup"
 _REJECTIONS = {

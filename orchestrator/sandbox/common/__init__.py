@@ -1,0 +1,1 @@
+"""What both sandboxes use: server life cycle, faults, ledger, images, ids, webhook sender, config."""
