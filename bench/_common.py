@@ -32,7 +32,7 @@ from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.migrate import upgrade
 from orchestrator.models import FINAL_BATCH, Asset, Delivery, Job
 from orchestrator.netutil import free_port
-from orchestrator.sandbox import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalConfig, FalSandbox, Faults
+from orchestrator.sandbox import FalConfig, FalSandbox, Faults, sandbox_env
 
 ADMIN_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 # The benchmarks flush their Redis database. The tests flush db 9 (ORCH_TEST_REDIS_URL) whenever a
@@ -192,8 +192,7 @@ def orchestrator_env(db_url: str, redis_url: str, tmp: Path, api_url: str, extra
     return {
         **base, "ORCH_DATABASE_URL": db_url, "ORCH_BROKER_URL": redis_url, "ORCH_DATA_DIR": str(tmp / "data"),
         "ORCH_STORAGE_URL": (tmp / "storage").as_uri(), "ORCH_PUBLIC_URL": api_url, "ORCH_API_URL": api_url,
-        "ORCH_SECRET_KEY": SECRET_KEY, "FAL_KEY": FAL_DEV_KEY, "RUNWARE_API_KEY": RUNWARE_DEV_KEY,
-        **extra,
+        "ORCH_SECRET_KEY": SECRET_KEY, **sandbox_env(), **extra,  # sandbox_env(): the development keys
     }
 
 
@@ -256,10 +255,8 @@ def fal_sandbox(latency: tuple[float, float], concurrency: int) -> Iterator[FalS
 
 def fal_env(sandbox: Any, limit: int) -> dict[str, str]:
     """Provider settings: the sandbox, the in-flight limit, a request rate that never binds."""
-    return {"ORCH_FAL_QUEUE_URL": sandbox.url, "ORCH_FAL_JWKS_URL": sandbox.jwks_url,
-            "ORCH_FAL_MAX_IN_FLIGHT": str(limit), "ORCH_FAL_RATE_PER_SECOND": "1000",
-            "ORCH_DOWNLOAD_ALLOWED_HOSTS": sandbox.url.split("//", 1)[1],
-            "ORCH_DOWNLOAD_ALLOW_PRIVATE": "true"}  # the sandbox serves its images on loopback
+    return {**sandbox_env(fal_url=sandbox.url), "ORCH_FAL_MAX_IN_FLIGHT": str(limit),
+            "ORCH_FAL_RATE_PER_SECOND": "1000"}
 
 
 def run_batch(db_url: str, redis_url: str, tmp: Path, sandbox: Any, items: list[dict[str, Any]],

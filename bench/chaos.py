@@ -41,7 +41,7 @@ from _common import create_api_key, http_ok, note, print_table
 from orchestrator.migrate import upgrade
 from orchestrator.models import Batch, Job, JobEvent, JobState
 from orchestrator.netutil import free_port
-from orchestrator.sandbox import FAL_DEV_KEY, RUNWARE_DEV_KEY
+from orchestrator.sandbox import sandbox_env
 from orchestrator.state import TERMINAL
 
 PY = sys.executable
@@ -203,12 +203,9 @@ class Run:
             "ORCH_DATABASE_URL": self.pg.url, "ORCH_BROKER_URL": self.redis.url,
             "ORCH_DATA_DIR": str(self.tmp / "data"),
             "ORCH_STORAGE_URL": (self.tmp / "storage").as_uri(), "ORCH_PUBLIC_URL": self.api_url,
-            "ORCH_API_URL": self.api_url, "ORCH_SECRET_KEY": "chaos-secret-key-0123456789", "FAL_KEY": FAL_DEV_KEY,
-            "RUNWARE_API_KEY": RUNWARE_DEV_KEY, "ORCH_FAL_QUEUE_URL": fal_url, "ORCH_RUNWARE_API_URL": f"{rw_url}/v1",
-            "ORCH_FAL_JWKS_URL": f"{fal_url}/.well-known/jwks.json",
-            "ORCH_DOWNLOAD_ALLOWED_HOSTS": f"{fal_url.split('//')[1]},{rw_url.split('//')[1]}",
-            # The callback receiver and the sandboxes are on loopback: let the SSRF guard allow that.
-            "ORCH_DOWNLOAD_ALLOW_PRIVATE": "true", "ORCH_CALLBACK_ALLOW_PRIVATE": "true",
+            "ORCH_API_URL": self.api_url, "ORCH_SECRET_KEY": "chaos-secret-key-0123456789",
+            **sandbox_env(fal_url, rw_url),
+            "ORCH_CALLBACK_ALLOW_PRIVATE": "true",  # the callback receiver is on loopback
             **ORCH_ENV, "ORCH_UNKNOWN_OUTCOME_WINDOW_SECONDS": f"{self.p.window:g}",
         })
         self.env = env

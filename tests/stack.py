@@ -24,15 +24,7 @@ from werkzeug.serving import make_server
 from orchestrator import webhook_urls
 from orchestrator.models import FINAL_BATCH
 from orchestrator.netutil import free_port
-from orchestrator.sandbox import (
-    FAL_DEV_KEY,
-    RUNWARE_DEV_KEY,
-    FalConfig,
-    FalSandbox,
-    Faults,
-    RunwareConfig,
-    RunwareSandbox,
-)
+from orchestrator.sandbox import FalConfig, FalSandbox, Faults, RunwareConfig, RunwareSandbox, sandbox_env
 from orchestrator.settings import Settings
 
 FAST = {
@@ -179,13 +171,10 @@ def start_stack(pg_url: str, redis_url: str, tmp: Path, *, fal_faults: Faults | 
         **{k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
         "ORCH_DATABASE_URL": pg_url, "ORCH_BROKER_URL": redis_url, "ORCH_DATA_DIR": str(tmp / "data"),
         "ORCH_STORAGE_URL": (tmp / "storage").as_uri(), "ORCH_PUBLIC_URL": api_url, "ORCH_API_URL": api_url,
-        "ORCH_SECRET_KEY": "e2e-secret-key-0123456789", "FAL_KEY": FAL_DEV_KEY, "RUNWARE_API_KEY": RUNWARE_DEV_KEY,
-        "ORCH_FAL_QUEUE_URL": fal.url, "ORCH_RUNWARE_API_URL": f"{runware.url}/v1",
-        "ORCH_FAL_JWKS_URL": f"{fal.url}/.well-known/jwks.json", "ORCH_FAL_MAX_IN_FLIGHT": "8",
-        "ORCH_FAL_RATE_PER_SECOND": "200", "ORCH_RUNWARE_MAX_IN_FLIGHT": "8", "ORCH_RUNWARE_RATE_PER_SECOND": "200",
-        "ORCH_DOWNLOAD_ALLOWED_HOSTS": f"{fal.url.split('//')[1]},{runware.url.split('//')[1]}",
-        # Everything here is on loopback: sandbox images and the tests' callback receivers.
-        "ORCH_DOWNLOAD_ALLOW_PRIVATE": "true", "ORCH_CALLBACK_ALLOW_PRIVATE": "true",
+        "ORCH_SECRET_KEY": "e2e-secret-key-0123456789", **sandbox_env(fal.url, runware.url),
+        "ORCH_FAL_MAX_IN_FLIGHT": "8", "ORCH_FAL_RATE_PER_SECOND": "200", "ORCH_RUNWARE_MAX_IN_FLIGHT": "8",
+        "ORCH_RUNWARE_RATE_PER_SECOND": "200",
+        "ORCH_CALLBACK_ALLOW_PRIVATE": "true",  # the tests' callback receivers are on loopback
         **FAST, **(env or {}),
     }
     stack = Stack(fal, runware, api_url, full_env, tmp)

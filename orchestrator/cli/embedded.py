@@ -28,6 +28,7 @@ from orchestrator.sandbox import (
     Faults,
     RunwareConfig,
     RunwareSandbox,
+    sandbox_env,
 )
 from orchestrator.settings import Settings
 
@@ -83,14 +84,10 @@ class EmbeddedStack:
 
     def _environment(self) -> dict[str, str]:
         assert self.fal is not None and self.runware is not None
-        hosts = ",".join(url.split("//", 1)[1] for url in (self.fal.url, self.runware.url))
         return {
             "ORCH_DATA_DIR": str(self.data_dir.resolve()), "ORCH_DATABASE_URL": "", "ORCH_BROKER_URL": "",
             "ORCH_STORAGE_URL": "", "ORCH_PUBLIC_URL": self.api_url, "ORCH_API_URL": self.api_url,
-            "FAL_KEY": FAL_DEV_KEY, "RUNWARE_API_KEY": RUNWARE_DEV_KEY,
-            "ORCH_FAL_QUEUE_URL": self.fal.url, "ORCH_RUNWARE_API_URL": f"{self.runware.url}/v1",
-            "ORCH_FAL_JWKS_URL": f"{self.fal.url}/.well-known/jwks.json", "ORCH_DOWNLOAD_ALLOWED_HOSTS": hosts,
-            "ORCH_DOWNLOAD_ALLOW_PRIVATE": "true",  # the sandboxes serve their images on loopback
+            **sandbox_env(self.fal.url, self.runware.url),
             "ORCH_FAL_MAX_IN_FLIGHT": "8", "ORCH_RUNWARE_MAX_IN_FLIGHT": "8",
             "ORCH_FAL_RATE_PER_SECOND": "50", "ORCH_RUNWARE_RATE_PER_SECOND": "50",
             "ORCH_SWEEP_INTERVAL_SECONDS": "2", "ORCH_POLL_AFTER_SECONDS": "10",

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# fal's documented image_size presets. orchestrator/catalog.py has the same table (FAL_SIZE_PRESETS)
+# on purpose: the emulator is written from fal's documentation, not from the adapters' knowledge, so
+# a wrong preset in the catalog shows up as a mismatch in the end-to-end tests instead of being
+# agreed with. The sandboxes import nothing from orchestrator.catalog or orchestrator.providers.
 IMAGE_SIZE_PRESETS = {
     "square_hd": (1024, 1024),
     "square": (512, 512),

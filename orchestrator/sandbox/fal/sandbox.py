@@ -142,22 +142,23 @@ class FalSandbox(FalRunner):
 
     # -- status, result, stream, cancel ------------------------------------------------------------------------
 
-    def _addressed(self, request: web.Request, path: re.Pattern[str]) -> web.Response | tuple[re.Match[str], str]:
-        """The URL's match against `path` and the caller's key, or the 404/401 answer."""
+    def _addressed(
+        self, request: web.Request, path: re.Pattern[str]
+    ) -> web.Response | tuple[re.Match[str], FalRequest | None]:
+        """The URL's match against `path` and the caller's request (None if unknown), or the 404/401 answer."""
         match = path.match(request.match_info["path"].strip("/"))
         if match is None or match["app"] not in self._apps:
             return wire.detail(404, "Not Found")
         key = wire.authenticate(request, self.config.keys)
         if isinstance(key, web.Response):
             return key
-        return match, key
+        return match, self._lookup(match["app"], match["id"], key)
 
     async def _handle_get(self, request: web.Request) -> web.StreamResponse:
         addressed = self._addressed(request, _REQUEST_PATH)
         if isinstance(addressed, web.Response):
             return addressed
-        match, key = addressed
-        fal_request = self._lookup(match["app"], match["id"], key)
+        match, fal_request = addressed
         if fal_request is None:
             return wire.detail(404, f"Request {match['id']} not found")
         if self.dice.chance(self.faults.for_model(fal_request.model).poll_500_rate):
@@ -215,8 +216,7 @@ class FalSandbox(FalRunner):
         addressed = self._addressed(request, _CANCEL_PATH)
         if isinstance(addressed, web.Response):
             return addressed
-        match, key = addressed
-        fal_request = self._lookup(match["app"], match["id"], key)
+        _, fal_request = addressed
         if fal_request is None:
             return web.json_response({"status": "NOT_FOUND"}, status=404)
         if fal_request.state == COMPLETED:
