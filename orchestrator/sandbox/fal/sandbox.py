@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -143,24 +144,23 @@ class FalSandbox(FalRunner):
     # -- status, result, stream, cancel ------------------------------------------------------------------------
 
     def _addressed(
-        self, request: web.Request, path: re.Pattern[str]
-    ) -> web.Response | tuple[re.Match[str], FalRequest | None]:
-        """The URL's match against `path` and the caller's request (None if unknown), or the 404/401 answer."""
+        self, request: web.Request, path: re.Pattern[str], unknown: Callable[[re.Match[str]], web.Response]
+    ) -> web.Response | tuple[re.Match[str], FalRequest]:
+        """Match `path`, authenticate and find the caller's request; else the 404/401 or `unknown(match)` answer."""
         match = path.match(request.match_info["path"].strip("/"))
         if match is None or match["app"] not in self._apps:
             return wire.detail(404, "Not Found")
         key = wire.authenticate(request, self.config.keys)
         if isinstance(key, web.Response):
             return key
-        return match, self._lookup(match["app"], match["id"], key)
+        fal_request = self._lookup(match["app"], match["id"], key)
+        return unknown(match) if fal_request is None else (match, fal_request)
 
     async def _handle_get(self, request: web.Request) -> web.StreamResponse:
-        addressed = self._addressed(request, _REQUEST_PATH)
+        addressed = self._addressed(request, _REQUEST_PATH, lambda m: wire.detail(404, f"Request {m['id']} not found"))
         if isinstance(addressed, web.Response):
             return addressed
         match, fal_request = addressed
-        if fal_request is None:
-            return wire.detail(404, f"Request {match['id']} not found")
         if self.dice.chance(self.faults.for_model(fal_request.model).poll_500_rate):
             return wire.ingress_error(503)
         tail = match["tail"] or ""
@@ -213,12 +213,10 @@ class FalSandbox(FalRunner):
         return response
 
     async def _handle_cancel(self, request: web.Request) -> web.Response:
-        addressed = self._addressed(request, _CANCEL_PATH)
+        addressed = self._addressed(request, _CANCEL_PATH, _cancel_unknown)
         if isinstance(addressed, web.Response):
             return addressed
-        _, fal_request = addressed
-        if fal_request is None:
-            return web.json_response({"status": "NOT_FOUND"}, status=404)
+        fal_request = addressed[1]
         if fal_request.state == COMPLETED:
             return web.json_response({"status": "ALREADY_COMPLETED"}, status=400)
         fal_request.cancel_requested = True
@@ -253,3 +251,7 @@ class FalSandbox(FalRunner):
     async def _handle_rotate(self, request: web.Request) -> web.Response:
         keep_old = request.query.get("keep_old", "true").lower() not in ("0", "false")
         return web.json_response(self.signer.rotate(keep_old).jwk())
+
+
+def _cancel_unknown(match: re.Match[str]) -> web.Response:
+    return web.json_response({"status": "NOT_FOUND"}, status=404)
