@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,9 +26,8 @@ import httpx
 import redis
 import sqlalchemy as sa
 
-from orchestrator import auth, webhook_urls
+from orchestrator import auth, scratch_db, webhook_urls
 from orchestrator.db import make_engine, make_session_factory, session_scope
-from orchestrator.migrate import upgrade
 from orchestrator.models import FINAL_BATCH, Asset, Delivery, Job
 from orchestrator.netutil import free_port
 from orchestrator.sandbox import FalConfig, FalSandbox, Faults, sandbox_env
@@ -47,18 +45,8 @@ _TASK_DONE = re.compile(r"Task workers\.([\w.]+)\[[^\]]+\] succeeded in ([0-9.e-
 @contextmanager
 def scratch_database(admin_url: str = ADMIN_URL) -> Iterator[str]:
     """A fresh database migrated to head; dropped afterwards even if the benchmark fails."""
-    name = f"orch_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-        upgrade(url)
+    with scratch_db.scratch_database(admin_url, "orch_bench", migrate=True) as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def flush_redis(url: str) -> None:

@@ -1,28 +1,40 @@
 """Shared fixtures: a real Postgres database built by the migrations, Redis, the Flask app.
 
 One database per test run, created from scratch and migrated with `alembic upgrade head`
-(so every run exercises the migrations); tables are truncated after each test that used it.
+(so every run exercises the migrations); every test that uses it starts with empty tables.
+
+Isolation, two ways:
+- By default a test's sessions (and the Flask app's, for the test client) share one connection
+  whose outer transaction is rolled back after the test; each `commit()` only releases a
+  savepoint (SQLAlchemy's "join an external transaction" recipe). Nothing is ever committed,
+  so nothing needs deleting.
+- Tests marked `committed` get real commits and every table is truncated afterwards. A test
+  needs it when anything but its own sessions in its own thread touches the data: worker or API
+  processes, threads (they cannot share one connection), code that opens its own engine
+  (`workers.context.Context(settings)`, the CLI, a second app, the readiness check). Tests using
+  a fixture in NEED_COMMITS are marked automatically. An unmarked test that commits through
+  another connection fails (see `_assert_nothing_committed`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import uuid
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy.engine import Engine
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import auth
 from orchestrator.db import Base, make_engine, make_session_factory, session_scope
+from orchestrator.scratch_db import scratch_database
 from orchestrator.settings import Settings
 
 if TYPE_CHECKING:
@@ -37,28 +49,32 @@ REDIS_URL = f"{_REDIS_BASE}/{REDIS_DB}"
 SPARE_REDIS_URL = f"{_REDIS_BASE}/{15 if REDIS_DB != 15 else 1}"
 
 
-@contextmanager
-def scratch_database(prefix: str) -> Iterator[str]:
-    """An empty Postgres database, dropped afterwards; yields its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+COMMITTED = "committed"
+# Fixtures whose tests are marked `committed` automatically, and why.
+NEED_COMMITS = {
+    "make_stack": "worker and API processes read what the test wrote",
+    "api_url": "the app answers on server threads, which cannot share the test's connection",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if NEED_COMMITS.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(COMMITTED)
+
+
+def is_committed(request: pytest.FixtureRequest) -> bool:
+    """Whether the requesting test runs with real commits (marked `committed`)."""
+    return request.node.get_closest_marker(COMMITTED) is not None
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    """A fresh Postgres database for this run, migrated to head."""
-    from orchestrator.migrate import upgrade
-
-    with scratch_database("orch_test") as url:
-        upgrade(url)
+    """A fresh Postgres database for this run, migrated to head, its tables empty."""
+    with scratch_database(PG_ADMIN_URL, "orch_test", migrate=True) as url:
+        eng = make_engine(url)
+        _truncate(eng)  # the migrations seed rows; every test starts from empty tables
+        eng.dispose()
         yield url
 
 
@@ -71,12 +87,51 @@ def engine(pg_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def sessions(engine: Engine) -> Iterator[sessionmaker[Session]]:
-    """A session factory; every table is emptied after the test."""
-    yield make_session_factory(engine)
+def sessions(request: pytest.FixtureRequest, engine: Engine) -> Iterator[sessionmaker[Session]]:
+    """A session factory on the test database: rolled back after the test, or (marked `committed`)
+    committing for real, every table emptied after the test."""
+    if is_committed(request):
+        yield make_session_factory(engine)
+        _truncate(engine)
+        return
+    with engine.connect() as conn:
+        _only_from_this_thread(conn)
+        outer = conn.begin()
+        # Same options as make_session_factory; a commit releases a savepoint of `outer`.
+        yield sessionmaker(bind=conn, expire_on_commit=False, join_transaction_mode="create_savepoint")
+        outer.rollback()
+    _assert_nothing_committed(engine)
+
+
+def _only_from_this_thread(conn: Connection) -> None:
+    """Fail a statement sent on the shared connection from another thread (it would interleave
+    with the test's own savepoints); such a test must be marked `committed`."""
+    owner = threading.get_ident()
+
+    def check(*_args: Any) -> None:
+        if threading.get_ident() != owner:
+            raise RuntimeError(f"the rolled-back test connection used from another thread: mark the test "
+                               f"@pytest.mark.{COMMITTED}")
+
+    event.listen(conn, "before_cursor_execute", check)
+
+
+def _truncate(engine: Engine) -> None:
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
         conn.exec_driver_sql(f"TRUNCATE {tables} CASCADE")
+
+
+def _assert_nothing_committed(engine: Engine) -> None:
+    """After a rolled-back test every table is still empty; if not, the test wrote through a
+    connection of its own and must be marked `committed` (the rows are removed either way)."""
+    probe = " UNION ALL ".join(f"(SELECT '{t.name}' FROM \"{t.name}\" LIMIT 1)" for t in Base.metadata.sorted_tables)
+    with engine.connect() as conn:
+        left = conn.exec_driver_sql(probe).scalars().all()
+    if left:
+        _truncate(engine)
+        raise AssertionError(f"rows committed outside the test's rolled-back transaction (in {', '.join(left)}): "
+                             f"mark the test @pytest.mark.{COMMITTED}")
 
 
 @pytest.fixture
@@ -99,13 +154,16 @@ def settings(pg_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Flask]:
-    """The API app on the test database."""
+def app(request: pytest.FixtureRequest, settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Flask]:
+    """The API app on the test database; its requests use the test's sessions unless `committed`."""
     from orchestrator.api import create_app
 
     application = create_app(settings)
-    yield application
     svc = application.extensions["orchestrator"]
+    if not is_committed(request):
+        svc.sessions = sessions
+        svc.publisher.watch(sessions)
+    yield application
     svc.publisher.close()
     svc.engine.dispose()
 

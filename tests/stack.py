@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,13 +18,13 @@ from typing import Any
 
 import httpx
 import redis
-from werkzeug.serving import make_server
 
 from orchestrator import webhook_urls
 from orchestrator.models import FINAL_BATCH
 from orchestrator.netutil import free_port
 from orchestrator.sandbox import FalConfig, FalSandbox, Faults, RunwareConfig, RunwareSandbox, sandbox_env
 from orchestrator.settings import Settings
+from tests.http_helpers import LoopbackServer, WsgiServer
 
 FAST = {
     "ORCH_POLL_AFTER_SECONDS": "3", "ORCH_POLL_INTERVAL_SECONDS": "1", "ORCH_CLAIM_STALE_SECONDS": "3",
@@ -56,7 +55,7 @@ class Stack:
     env: dict[str, str]
     tmp: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    _server: Any = None
+    _server: WsgiServer | None = None
 
     def settings(self) -> Settings:
         """Settings equivalent to the worker processes' environment."""
@@ -145,7 +144,7 @@ class Stack:
             if proc.poll() is None:
                 self.kill(proc)
         if self._server is not None:
-            self._server.shutdown()
+            self._server.close()
         self.fal.stop()
         self.runware.stop()
 
@@ -182,9 +181,7 @@ def start_stack(pg_url: str, redis_url: str, tmp: Path, *, fal_faults: Faults | 
 
     api_settings = Settings.from_env({**full_env, **(api_env or {})})
     app = create_app(api_settings)
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    stack._server = server
+    stack._server = WsgiServer(app, port)
     return stack
 
 
@@ -192,28 +189,15 @@ class CallbackReceiver:
     """A real HTTP endpoint on loopback that records what clients' callback URLs receive."""
 
     def __init__(self, status: int = 200, first: tuple[int, ...] = ()) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        self._server = LoopbackServer(status=status, path="/hooks/batch?tenant=acme")
+        self._server.statuses.extend(first)  # statuses for the first calls, then `status`
+        self.url = self._server.url
 
-        self.calls: list[tuple[dict[str, str], bytes]] = []
-        self.status = status
-        self.first = list(first)  # statuses for the first calls, then `status`
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(outer.first.pop(0) if outer.first else outer.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks/batch?tenant=acme"
+    @property
+    def calls(self) -> list[tuple[dict[str, str], bytes]]:
+        """(lower-cased headers, body) of every call, in arrival order."""
+        return [({k.lower(): v for k, v in c.headers.items()}, c.body) for c in self._server.calls]
 
     def close(self) -> None:
         """Stop listening."""
-        self._server.shutdown()
+        self._server.close()

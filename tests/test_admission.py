@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -79,6 +80,7 @@ def test_breaker_opens_after_repeated_failures_and_closes_on_success(session: Se
     assert not admission.breaker_open(session, "fal", now)
 
 
+@pytest.mark.committed
 def test_concurrent_claimers_share_one_limit(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as s:
         make_batch(s, [Q] * 20)
@@ -98,6 +100,7 @@ def test_concurrent_claimers_share_one_limit(sessions: sessionmaker[Session]) ->
     assert sum(claimed) == 5
 
 
+@pytest.mark.committed
 def test_a_claimer_does_not_queue_behind_a_busy_account(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as s:
         make_batch(s, [Q] * 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
@@ -74,6 +75,7 @@ def test_models_and_openapi(client: FlaskClient) -> None:
     assert routes == set(spec["paths"]), "every /v1 route is documented"
 
 
+@pytest.mark.committed
 def test_health_and_readiness_needs_a_consuming_worker(client: FlaskClient, sessions) -> None:  # type: ignore[no-untyped-def]
     assert client.get("/healthz").json == {"status": "ok"}
     ready = client.get("/readyz")

@@ -225,6 +225,7 @@ def test_estimates_route_prices_route_and_their_documentation(client: FlaskClien
     assert {"estimated_cost", "max_cost_usd", "held_by_budget"} <= set(batch_props)
 
 
+@pytest.mark.committed
 def test_prices_from_settings_price_the_estimate(sessions: sessionmaker[Session], tmp_path: Any,
                                                  settings: Settings) -> None:
     from orchestrator.api import create_app

@@ -10,7 +10,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,10 @@ from orchestrator import catalog_keys, catalog_source, schedules
 from orchestrator.catalog_source import SourceError, SourcePolicy
 from orchestrator.db import session_scope, utcnow
 from orchestrator.models import Batch, Job
-from orchestrator.netutil import free_port
 from orchestrator.schedule_models import CatalogEntry, Schedule, ScheduleRun
 from orchestrator.schemas import ScheduleIn
 from orchestrator.storage.local import LocalStorage
+from tests.http_helpers import LoopbackServer
 
 CATALOG = {"model": "flux-schnell", "template": "Photo of a {colour} {product}", "id_field": "sku",
            "source": "storage:catalog/products.csv", "key_pattern": "catalog/{sku}/{n}.{ext}"}
@@ -35,33 +34,15 @@ BODY = {"name": "nightly", "cron": "0 2 * * *", "template": {"catalog": CATALOG}
 CSV = "sku,product,colour\nA1,mug,red\nB2,lamp,blue\n"
 
 
-class SourceServer:
+class SourceServer(LoopbackServer):
     """A loopback HTTP server serving one body; counts GETs and can stall each answer."""
 
     def __init__(self, body: bytes, content_type: str = "text/csv", delay: float = 0.0) -> None:
-        self.gets = 0
-        outer = self
+        super().__init__(body=body, headers={"Content-Type": content_type}, delay=delay, path="/feeds/products.csv")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.gets += 1
-                if delay:
-                    threading.Event().wait(delay)
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/feeds/products.csv"
-
-    def close(self) -> None:
-        self._server.shutdown()
+    @property
+    def gets(self) -> int:
+        return len(self.calls)
 
 
 @pytest.fixture
@@ -216,6 +197,7 @@ def _source_schedule(sessions: sessionmaker[Session], source: str) -> str:
         return str(schedule.id)
 
 
+@pytest.mark.committed
 def test_two_schedulers_racing_fire_once_and_read_the_source_once(
         sessions: sessionmaker[Session], tmp_path: Path, source_server: SourceServer) -> None:
     sid = _source_schedule(sessions, source_server.url)

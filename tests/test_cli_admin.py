@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.cli import main
 
 
+@pytest.mark.committed
 def test_keys_list_shows_prefixes_never_secrets(pg_url: str, sessions: sessionmaker[Session]) -> None:
     env = {"ORCH_DATABASE_URL": pg_url}
     runner = CliRunner()

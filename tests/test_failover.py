@@ -89,6 +89,7 @@ def test_nothing_moves_when_both_breakers_are_open(session: Session) -> None:
     assert {j.provider for j in _jobs(session).values()} == {"fal"}
 
 
+@pytest.mark.committed
 @pytest.mark.usefixtures("batch")
 def test_the_sweep_reroutes_alias_jobs_that_arrived_while_open(sessions: sessionmaker[Session],
                                                                settings: Settings) -> None:

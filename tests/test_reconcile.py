@@ -7,7 +7,6 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db import session_scope
 from orchestrator.models import Asset, Batch, Delivery, Job, JobEvent, JobState
-from orchestrator.netutil import free_port
 from orchestrator.settings import Settings
 from tests.factories import make_batch
+from tests.http_helpers import Answer, Call, LoopbackServer
 from workers.context import Context
 from workers.deliveries import process
 from workers.store import store
+
+pytestmark = pytest.mark.committed  # the worker Context opens its own engine and threads race on separate connections
 
 
 @pytest.fixture
@@ -30,21 +31,12 @@ def images() -> Iterator[tuple[str, dict[str, bytes]]]:
     """A real HTTP server on loopback serving whatever bytes the test puts in the dict."""
     files: dict[str, bytes] = {}
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = files.get(self.path)
-            self.send_response(200 if body is not None else 404)
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
+    def serve(call: Call) -> Answer:
+        body = files.get(call.path)
+        return Answer(200 if body is not None else 404, body or b"")
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}", files
-    server.shutdown()
+    with LoopbackServer(serve) as server:
+        yield server.host, files
 
 
 @pytest.fixture

@@ -118,6 +118,7 @@ def test_overlap_policy(session: Session, policy: str, fires: bool) -> None:
         assert len(schedules.fire_due(session, NOW + timedelta(minutes=5), 1000)) == 1
 
 
+@pytest.mark.committed
 def test_the_sweep_fires_due_schedules(sessions: sessionmaker[Session], settings: Settings) -> None:
     with session_scope(sessions) as s:
         schedule = _schedule(s)

@@ -133,6 +133,7 @@ def test_retry_failed_requeues_only_failed_and_reopens(session: Session) -> None
     _counts_match(session, batch)
 
 
+@pytest.mark.committed
 def test_concurrent_duplicates_apply_once(sessions: sessionmaker[Session]) -> None:
     """Eight threads race the same storing->succeeded move: exactly one wins."""
     with session_scope(sessions) as s:

@@ -58,6 +58,7 @@ def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
     svc.engine.dispose()
 
 
+@pytest.mark.committed
 def test_every_answer_carries_utc_offsets(any_db: tuple[str, FlaskClient, dict[str, str]]) -> None:
     _, client, headers = any_db
     created = client.post("/v1/batches", json={"items": [{"model": "flux-schnell", "prompt": "a fox"}]},
@@ -80,6 +81,7 @@ def test_every_answer_carries_utc_offsets(any_db: tuple[str, FlaskClient, dict[s
     assert created.json["created_at"] == answers[2]["created_at"]
 
 
+@pytest.mark.committed
 def test_the_database_keeps_the_zone(any_db: tuple[str, FlaskClient, dict[str, str]]) -> None:
     url, client, headers = any_db
     client.post("/v1/batches", json={"items": [{"model": "flux-schnell", "prompt": "a fox"}]}, headers=headers)

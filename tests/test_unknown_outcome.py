@@ -35,6 +35,8 @@ from workers.context import Context
 from workers.deliveries import process
 from workers.maintenance import _requeue_unsent, _settle_unknown
 
+pytestmark = pytest.mark.committed  # the worker Context opens its own engine and sweeps race in threads
+
 
 @pytest.fixture
 def fal() -> Iterator[FalSandbox]:

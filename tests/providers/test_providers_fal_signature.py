@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -28,6 +26,7 @@ from orchestrator.providers.fal.signature import (
     verify_fal_signature,
 )
 from orchestrator.providers.runware.adapter import RunwareAdapter
+from tests.http_helpers import Answer, Call, LoopbackServer
 
 NOW = 1_800_000_000
 BODY = b'{"request_id":"r-1","status":"OK","payload":{"images":[],"seed":15860307465884635512}}'
@@ -52,32 +51,19 @@ def sign(
     return headers | (override or {})
 
 
-class JwksServer:
+class JwksServer(LoopbackServer):
     """A tiny JWKS endpoint whose key set and status the test can change."""
 
     def __init__(self) -> None:
         self.document: Any = {"keys": []}
-        self.status = 200
-        self.hits = 0
-        server = self
+        super().__init__(self._serve, path="/.well-known/jwks.json")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.hits += 1
-                body = json.dumps(server.document).encode()
-                self.send_response(server.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    @property
+    def hits(self) -> int:
+        return len(self.calls)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        host, port = self.httpd.server_address[:2]
-        self.url = f"http://{host!s}:{port}/.well-known/jwks.json"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+    def _serve(self, _call: Call) -> Answer:
+        return Answer(self.status, json.dumps(self.document).encode(), {"Content-Type": "application/json"})
 
     def publish(self, *keys: Ed25519PrivateKey, padded: bool = False) -> None:
         entries = [{"kty": "OKP", "crv": "Ed25519", "x": public_x(k, padded=padded)} for k in keys]
@@ -94,11 +80,8 @@ class Clock:
 
 @pytest.fixture
 def jwks() -> Iterator[JwksServer]:
-    server = JwksServer()
-    server.thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    with JwksServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import fal_client
 import pytest
-from sandbox_receiver import Receiver
 
 from orchestrator.sandbox import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalSandbox, Faults, RunwareSandbox
+from tests.http_helpers import LoopbackServer
 
 FAST = Faults(latency_min=0.01, latency_max=0.03)
 
@@ -32,9 +32,9 @@ def runware() -> Iterator[RunwareSandbox]:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver() -> Iterator[LoopbackServer]:
     """A loopback HTTP server recording what the sandbox sends."""
-    rec = Receiver()
+    rec = LoopbackServer(body=b"ok")
     yield rec
     rec.close()
 

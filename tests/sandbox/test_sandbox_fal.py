@@ -10,9 +10,9 @@ import fal_client
 import httpx
 import pytest
 from PIL import Image
-from sandbox_receiver import Receiver
 
 from orchestrator.sandbox import FAL_DEV_KEY, FalConfig, FalSandbox, Faults
+from tests.http_helpers import LoopbackServer
 
 AUTH = {"Authorization": f"Key {FAL_DEV_KEY}"}
 
@@ -33,7 +33,7 @@ def wait_completed(status_url: str, timeout: float = 5.0) -> httpx.Response:
     raise AssertionError("request did not complete")
 
 
-def test_official_client_submit_status_result_with_webhook(fal, receiver: Receiver, fal_client_for) -> None:
+def test_official_client_submit_status_result_with_webhook(fal, receiver: LoopbackServer, fal_client_for) -> None:
     client = fal_client_for(fal)
     handle = client.submit(
         "fal-ai/flux/dev", {"prompt": "a red fox in the snow", "seed": 7}, webhook_url=receiver.url + "/hook?job=1"
@@ -138,7 +138,7 @@ def test_default_keys_come_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert FalConfig().keys == ("id:secret",)
 
 
-def test_validation_errors_complete_as_422(fal: FalSandbox, receiver: Receiver) -> None:
+def test_validation_errors_complete_as_422(fal: FalSandbox, receiver: LoopbackServer) -> None:
     bad = {"image_size": "huge", "num_inference_steps": 0, "output_format": "gif", "acceleration": "high"}
     body = submit(fal, "fal-ai/flux-lora", bad, params={"fal_webhook": receiver.url})
     status = wait_completed(body["status_url"]).json()

@@ -3,19 +3,42 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 
 import httpx
 import pytest
-from sandbox_receiver import Receiver, verify_fal_signature
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from orchestrator.sandbox import FAL_DEV_KEY, FalSandbox
+from tests.http_helpers import LoopbackServer
 
 AUTH = {"Authorization": f"Key {FAL_DEV_KEY}"}
 
 
-def submit_with_hook(sb: FalSandbox, receiver: Receiver, prompt: str = "a lighthouse") -> str:
+def verify_fal_signature(headers: dict[str, str], body: bytes, jwks: dict[str, object]) -> bool:
+    """Check a fal webhook exactly as fal documents it, using only `cryptography` (not sandbox code)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    try:
+        parts = [lower[f"x-fal-webhook-{name}"] for name in ("request-id", "user-id", "timestamp")]
+        signature = bytes.fromhex(lower["x-fal-webhook-signature"])
+    except (KeyError, ValueError):
+        return False
+    message = "\n".join([*parts, hashlib.sha256(body).hexdigest()]).encode()
+    for jwk in jwks["keys"]:  # type: ignore[attr-defined]
+        x = jwk["x"]
+        public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(x + "=" * (-len(x) % 4)))
+        try:
+            public.verify(signature, message)
+        except InvalidSignature:
+            continue
+        return True
+    return False
+
+
+def submit_with_hook(sb: FalSandbox, receiver: LoopbackServer, prompt: str = "a lighthouse") -> str:
     response = httpx.post(
         f"{sb.url}/fal-ai/flux/schnell",
         params={"fal_webhook": receiver.url + "/fal"},
@@ -30,7 +53,7 @@ def jwks(sb: FalSandbox) -> dict:
     return httpx.get(sb.jwks_url).json()
 
 
-def test_signature_verifies_against_published_jwks(fal: FalSandbox, receiver: Receiver) -> None:
+def test_signature_verifies_against_published_jwks(fal: FalSandbox, receiver: LoopbackServer) -> None:
     request_id = submit_with_hook(fal, receiver)
     call = receiver.wait_for(1)[0]
     document = jwks(fal)
@@ -51,7 +74,7 @@ def test_signature_verifies_against_published_jwks(fal: FalSandbox, receiver: Re
 
 
 @pytest.mark.parametrize("status", [500, 503, 422])
-def test_model_failure_sends_error_webhook(fal: FalSandbox, receiver: Receiver, status: int) -> None:
+def test_model_failure_sends_error_webhook(fal: FalSandbox, receiver: LoopbackServer, status: int) -> None:
     fal.set_faults(failure_rate=1.0, failure_status=status)
     request_id = submit_with_hook(fal, receiver)
     body = json.loads(receiver.wait_for(1)[0].body)
@@ -65,7 +88,7 @@ def test_model_failure_sends_error_webhook(fal: FalSandbox, receiver: Receiver, 
         assert state["error_type"] == result.headers["X-Fal-Error-Type"] == result.json()["error_type"]
 
 
-def test_payload_error_mode(fal: FalSandbox, receiver: Receiver) -> None:
+def test_payload_error_mode(fal: FalSandbox, receiver: LoopbackServer) -> None:
     fal.set_faults(payload_error_rate=1.0)
     request_id = submit_with_hook(fal, receiver)
     body = json.loads(receiver.wait_for(1)[0].body)
@@ -74,7 +97,7 @@ def test_payload_error_mode(fal: FalSandbox, receiver: Receiver) -> None:
     assert result.status_code == 200 and result.json()["images"]  # the result is still there
 
 
-def test_retries_with_backoff_until_2xx(fal: FalSandbox, receiver: Receiver) -> None:
+def test_retries_with_backoff_until_2xx(fal: FalSandbox, receiver: LoopbackServer) -> None:
     receiver.statuses.extend([500, 302])  # a redirect is a failure too
     submit_with_hook(fal, receiver)
     calls = receiver.wait_for(3)
@@ -87,15 +110,15 @@ def test_retries_with_backoff_until_2xx(fal: FalSandbox, receiver: Receiver) -> 
     assert all(verify_fal_signature(c.headers, c.body, jwks(fal)) for c in calls)
 
 
-def test_gives_up_after_configured_retries(fal: FalSandbox, receiver: Receiver) -> None:
-    receiver.default_status = 503
+def test_gives_up_after_configured_retries(fal: FalSandbox, receiver: LoopbackServer) -> None:
+    receiver.status = 503
     submit_with_hook(fal, receiver)
     assert fal.wait_idle()
     assert len(receiver.calls) == 1 + fal.config.webhook_retries
     assert fal.ledger.webhooks()[-1]["outcome"] == "failed"
 
 
-def test_slow_receiver_times_out_and_is_retried(receiver: Receiver) -> None:
+def test_slow_receiver_times_out_and_is_retried(receiver: LoopbackServer) -> None:
     receiver.delay = 0.5
     with FalSandbox(keys=(FAL_DEV_KEY,), webhook_timeout=0.1, webhook_retries=1, webhook_backoff=0.01) as sb:
         submit_with_hook(sb, receiver)
@@ -104,14 +127,14 @@ def test_slow_receiver_times_out_and_is_retried(receiver: Receiver) -> None:
 
 
 @pytest.mark.parametrize("knob", ["webhook_bad_signature_rate", "webhook_unknown_key_rate"])
-def test_forged_signatures_fail_verification(fal: FalSandbox, receiver: Receiver, knob: str) -> None:
+def test_forged_signatures_fail_verification(fal: FalSandbox, receiver: LoopbackServer, knob: str) -> None:
     fal.set_faults(**{knob: 1.0})
     submit_with_hook(fal, receiver)
     call = receiver.wait_for(1)[0]
     assert not verify_fal_signature(call.headers, call.body, jwks(fal))
 
 
-def test_stale_timestamp(fal: FalSandbox, receiver: Receiver) -> None:
+def test_stale_timestamp(fal: FalSandbox, receiver: LoopbackServer) -> None:
     fal.set_faults(webhook_stale_timestamp_rate=1.0)
     submit_with_hook(fal, receiver)
     call = receiver.wait_for(1)[0]
@@ -119,7 +142,7 @@ def test_stale_timestamp(fal: FalSandbox, receiver: Receiver) -> None:
     assert time.time() - int(call.headers["X-Fal-Webhook-Timestamp"]) > 300  # ...outside the tolerance
 
 
-def test_key_rotation_publishes_and_signs_with_new_key(fal: FalSandbox, receiver: Receiver) -> None:
+def test_key_rotation_publishes_and_signs_with_new_key(fal: FalSandbox, receiver: LoopbackServer) -> None:
     old = jwks(fal)
     new_key = httpx.post(f"{fal.url}/_sandbox/rotate-key").json()
     document = jwks(fal)

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from sandbox_receiver import Receiver
 
 from orchestrator.sandbox import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalSandbox, Faults, RunwareSandbox
 from orchestrator.sandbox.common.faults import Dice
+from tests.http_helpers import LoopbackServer
 
 FAL_AUTH = {"Authorization": f"Key {FAL_DEV_KEY}"}
 RW_AUTH = {"Authorization": f"Bearer {RUNWARE_DEV_KEY}"}
@@ -116,7 +116,7 @@ def test_slow_submit(fal: FalSandbox) -> None:
 
 
 @pytest.mark.parametrize("accepts", [False, True])
-def test_submit_timeout_drops_the_connection(fal: FalSandbox, receiver: Receiver, accepts: bool) -> None:
+def test_submit_timeout_drops_the_connection(fal: FalSandbox, receiver: LoopbackServer, accepts: bool) -> None:
     fal.set_faults(submit_timeout_rate=1.0, submit_timeout_seconds=0.1, submit_timeout_accepts=accepts)
     with pytest.raises(httpx.RemoteProtocolError):
         fal_submit(fal, hook=receiver.url)
@@ -175,7 +175,7 @@ def test_poll_errors_look_like_ingress_503(fal: FalSandbox) -> None:
 
 
 @pytest.mark.parametrize("concurrent", [False, True])
-def test_duplicate_webhooks(fal: FalSandbox, receiver: Receiver, concurrent: bool) -> None:
+def test_duplicate_webhooks(fal: FalSandbox, receiver: LoopbackServer, concurrent: bool) -> None:
     receiver.delay = 0.1
     fal.set_faults(webhook_duplicate_rate=1.0, webhook_duplicates=2, webhook_duplicate_concurrent=concurrent)
     fal_submit(fal, hook=receiver.url)
@@ -185,7 +185,7 @@ def test_duplicate_webhooks(fal: FalSandbox, receiver: Receiver, concurrent: boo
     assert spread < 0.08 if concurrent else spread >= 0.18
 
 
-def test_dropped_webhook_is_never_sent(fal: FalSandbox, receiver: Receiver) -> None:
+def test_dropped_webhook_is_never_sent(fal: FalSandbox, receiver: LoopbackServer) -> None:
     fal.set_faults(webhook_drop_rate=1.0)
     request_id = fal_submit(fal, hook=receiver.url).json()["request_id"]
     assert fal_result(fal, request_id).status_code == 200  # the result is still pollable
@@ -193,7 +193,7 @@ def test_dropped_webhook_is_never_sent(fal: FalSandbox, receiver: Receiver) -> N
     assert receiver.calls == [] and [d["outcome"] for d in fal.ledger.webhooks()] == ["dropped"]
 
 
-def test_delayed_webhook_arrives_after_result_is_ready(fal: FalSandbox, receiver: Receiver) -> None:
+def test_delayed_webhook_arrives_after_result_is_ready(fal: FalSandbox, receiver: LoopbackServer) -> None:
     fal.set_faults(webhook_delay_rate=1.0, webhook_delay_seconds=0.4)
     request_id = fal_submit(fal, hook=receiver.url).json()["request_id"]
     fal_result(fal, request_id)
@@ -203,7 +203,7 @@ def test_delayed_webhook_arrives_after_result_is_ready(fal: FalSandbox, receiver
     assert call.at - ready >= 0.3
 
 
-def test_reordered_webhooks(receiver: Receiver) -> None:
+def test_reordered_webhooks(receiver: LoopbackServer) -> None:
     faults = Faults(latency_min=0.05, latency_max=0.05, webhook_reorder_window=0.6)
     with FalSandbox(keys=(FAL_DEV_KEY,), concurrency=10, faults=faults, seed=1) as sb:
         ids = []
@@ -215,7 +215,7 @@ def test_reordered_webhooks(receiver: Receiver) -> None:
         assert sorted(arrived) == sorted(ids) and arrived != ids
 
 
-def test_runware_webhook_faults_apply_too(runware: RunwareSandbox, receiver: Receiver) -> None:
+def test_runware_webhook_faults_apply_too(runware: RunwareSandbox, receiver: LoopbackServer) -> None:
     runware.set_faults(webhook_duplicate_rate=1.0, webhook_duplicates=1, webhook_send_failures=False)
     httpx.post(runware.api_url, json=[rw_task(deliveryMethod="async", webhookURL=receiver.url)], headers=RW_AUTH)
     assert len(receiver.wait_for(2)) == 2
@@ -224,7 +224,7 @@ def test_runware_webhook_faults_apply_too(runware: RunwareSandbox, receiver: Rec
     assert runware.wait_idle() and len(receiver.calls) == 2  # failures are not POSTed when switched off
 
 
-def test_upload_delay_and_drop(runware: RunwareSandbox, receiver: Receiver) -> None:
+def test_upload_delay_and_drop(runware: RunwareSandbox, receiver: LoopbackServer) -> None:
     runware.set_faults(upload_delay_seconds=0.3)
     httpx.post(
         runware.api_url,
@@ -293,7 +293,7 @@ def test_early_result_and_media_expiry(fal: FalSandbox, runware: RunwareSandbox)
 # -- admin endpoints and ledger ---------------------------------------------------------------------------------
 
 
-def test_admin_faults_ledger_and_reset(fal: FalSandbox, receiver: Receiver) -> None:
+def test_admin_faults_ledger_and_reset(fal: FalSandbox, receiver: LoopbackServer) -> None:
     admin = f"{fal.url}/_sandbox"
     assert httpx.get(f"{admin}/faults").json()["failure_rate"] == 0.0
     changed = httpx.put(f"{admin}/faults", json={"failure_rate": 1.0, "failure_status": 503})

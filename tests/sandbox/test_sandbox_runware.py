@@ -15,9 +15,9 @@ import httpx
 import pytest
 from PIL import Image
 from runware import Runware, RunwareError
-from sandbox_receiver import Receiver
 
 from orchestrator.sandbox import RUNWARE_DEV_KEY, RunwareConfig, RunwareSandbox
+from tests.http_helpers import LoopbackServer
 
 AUTH = {"Authorization": f"Bearer {RUNWARE_DEV_KEY}"}
 
@@ -57,7 +57,7 @@ def poll(sb: RunwareSandbox, task_uuid: str, until: str = "success", timeout: fl
     raise AssertionError("task did not finish")
 
 
-def test_official_sdk_async_polling_with_webhook(runware: RunwareSandbox, receiver: Receiver) -> None:
+def test_official_sdk_async_polling_with_webhook(runware: RunwareSandbox, receiver: LoopbackServer) -> None:
     hook = receiver.url + "/rw?token=a%2Fb+c&x=1&x=2&empty="
     params = task(numberResults=2, seed=41, webhookURL=hook, includeCost=True, outputFormat="png")
     params.pop("taskUUID")
@@ -130,7 +130,7 @@ def test_get_response_unknown_task(runware: RunwareSandbox) -> None:
     assert response.json()["errors"][0]["code"] == "taskFailedOrNotFound"
 
 
-def test_failures_in_errors_with_status_error(runware: RunwareSandbox, receiver: Receiver) -> None:
+def test_failures_in_errors_with_status_error(runware: RunwareSandbox, receiver: LoopbackServer) -> None:
     runware.set_faults(failure_rate=1.0)
     submitted = task(deliveryMethod="async", webhookURL=receiver.url + "/hook")
     post(runware, [submitted])
@@ -215,7 +215,7 @@ def test_output_format_any_case(runware: RunwareSandbox) -> None:
         assert httpx.get(item["imageURL"]).headers["content-type"] == mime
 
 
-def test_webhook_flat_shape(runware: RunwareSandbox, receiver: Receiver) -> None:
+def test_webhook_flat_shape(runware: RunwareSandbox, receiver: LoopbackServer) -> None:
     runware.set_faults(webhook_flat=True)
     submitted = task(deliveryMethod="async", webhookURL=receiver.url + "/flat")
     post(runware, [submitted])
@@ -223,7 +223,7 @@ def test_webhook_flat_shape(runware: RunwareSandbox, receiver: Receiver) -> None
     assert body["taskUUID"] == submitted["taskUUID"] and "imageURL" in body
 
 
-def test_upload_endpoint_put_after_webhook(runware: RunwareSandbox, receiver: Receiver) -> None:
+def test_upload_endpoint_put_after_webhook(runware: RunwareSandbox, receiver: LoopbackServer) -> None:
     submitted = task(
         deliveryMethod="async",
         outputFormat="PNG",
@@ -239,7 +239,7 @@ def test_upload_endpoint_put_after_webhook(runware: RunwareSandbox, receiver: Re
     assert [d["kind"] for d in runware.ledger.deliveries] == ["webhook", "upload"]
 
 
-def test_webhook_retries_with_doubling_backoff(runware: RunwareSandbox, receiver: Receiver) -> None:
+def test_webhook_retries_with_doubling_backoff(runware: RunwareSandbox, receiver: LoopbackServer) -> None:
     receiver.statuses.extend([500, 429])
     post(runware, [task(deliveryMethod="async", webhookURL=receiver.url + "/hook")])
     calls = receiver.wait_for(3)

@@ -9,11 +9,9 @@ injected resolver (no DNS traffic, no /etc/hosts edits).
 from __future__ import annotations
 
 import io
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +26,10 @@ from orchestrator import netpolicy
 from orchestrator.db import session_scope, utcnow
 from orchestrator.models import Batch, BatchState
 from orchestrator.netpolicy import AddressPolicy, AddressRefused, guarded_client
-from orchestrator.netutil import free_port
 from orchestrator.settings import Settings
 from orchestrator.storage.images import DisallowedHost, download_image
 from tests.conftest import StackFactory, make_key
+from tests.http_helpers import Answer, Call, LoopbackServer
 from tests.stack import CallbackReceiver
 from workers.context import Context
 from workers.notify import CallbackFailed, notify
@@ -93,6 +91,7 @@ def private_app(settings: Settings, sessions: sessionmaker[Session]) -> Iterator
     app.extensions["orchestrator"].engine.dispose()
 
 
+@pytest.mark.committed
 def test_allow_private_lets_loopback_through_but_never_metadata(private_app: Flask, headers: dict[str, str]) -> None:
     client = private_app.test_client()
     for url in ("http://127.0.0.1:9/hook", "http://10.0.0.8/hook", "http://[::1]/hook"):
@@ -144,6 +143,7 @@ def _finished_batch(sessions: sessionmaker[Session], url: str) -> uuid.UUID:
         return batch.id
 
 
+@pytest.mark.committed
 def test_dns_rebinding_at_send_time_is_refused_without_connecting(settings: Settings,
                                                                    sessions: sessionmaker[Session]) -> None:
     receiver = CallbackReceiver()
@@ -163,6 +163,7 @@ def test_dns_rebinding_at_send_time_is_refused_without_connecting(settings: Sett
         receiver.close()
 
 
+@pytest.mark.committed
 def test_send_connects_to_the_vetted_address_and_keeps_the_host_header(settings: Settings,
                                                                        sessions: sessionmaker[Session]) -> None:
     receiver = CallbackReceiver()
@@ -188,47 +189,26 @@ def test_send_connects_to_the_vetted_address_and_keeps_the_host_header(settings:
 
 # ---- the store step's downloads ----
 
-class _ImageServer:
+class _ImageServer(LoopbackServer):
     """Serves one PNG, or a redirect, on loopback."""
 
     def __init__(self) -> None:
         buf = io.BytesIO()
         Image.new("RGB", (8, 8), "red").save(buf, "PNG")
-        png, outer = buf.getvalue(), self
-        self.hosts: list[str] = []
+        self._png = buf.getvalue()
+        super().__init__(self._serve)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.hosts.append(self.headers.get("Host", ""))
-                if self.path.startswith("/redirect"):
-                    self.send_response(302)
-                    self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(png)))
-                self.end_headers()
-                self.wfile.write(png)
+    @property
+    def hosts(self) -> list[str]:
+        return [call.header("Host") or "" for call in self.calls]
 
-            def do_POST(self) -> None:  # a callback endpoint that redirects to the metadata service
-                outer.hosts.append(self.headers.get("Host", ""))
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                self.send_response(307)
-                self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.port = free_port()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
+    def _serve(self, call: Call) -> Answer:
+        metadata = {"Location": "http://169.254.169.254/latest/meta-data/"}
+        if call.method == "POST":  # a callback endpoint that redirects to the metadata service
+            return Answer(307, headers=metadata)
+        if call.path.startswith("/redirect"):
+            return Answer(302, headers=metadata)
+        return Answer(200, self._png, {"Content-Type": "image/png"})
 
 
 @pytest.fixture
@@ -285,6 +265,7 @@ def test_worker_without_the_settings_refuses_loopback_downloads_and_callbacks(
         receiver.close()
 
 
+@pytest.mark.committed
 def test_a_callback_redirect_is_not_followed(settings: Settings, sessions: sessionmaker[Session],
                                              image_server: _ImageServer) -> None:
     batch_id = _finished_batch(sessions, f"http://127.0.0.1:{image_server.port}/hook")

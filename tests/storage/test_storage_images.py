@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -14,7 +13,6 @@ import httpx
 import pytest
 from flask import Flask, Response, redirect, request
 from PIL import Image
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Response as BaseResponse
 
 from orchestrator.api.local_storage import make_storage_blueprint
@@ -31,6 +29,7 @@ from orchestrator.storage.images import (
     verify_image,
 )
 from orchestrator.storage.local import LocalStorage
+from tests.http_helpers import WsgiServer
 
 CAP = 256 * 1024
 
@@ -123,17 +122,14 @@ class Server:
         self.storage = LocalStorage(root, secret_key="s" * 32, public_url=self.base)
         app = make_app(self.hits)
         app.register_blueprint(make_storage_blueprint(self.storage))
-        self._server = make_server("127.0.0.1", self.port, app, threaded=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.http = WsgiServer(app, self.port)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("objects"))
-    srv._thread.start()
     yield srv
-    srv._server.shutdown()
-    srv._thread.join(5)
+    srv.http.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import io
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +14,11 @@ import httpx
 import pytest
 from flask import Flask
 from PIL import Image
-from werkzeug.serving import make_server
 
 from orchestrator.api.local_storage import make_storage_blueprint
 from orchestrator.netutil import free_port
 from orchestrator.storage.local import LocalStorage, ObjectTooLarge, SignatureInvalid
+from tests.http_helpers import WsgiServer
 
 SECRET = "test-secret-key-0123456789abcdef"
 MAX_BYTES = 64 * 1024
@@ -41,8 +40,7 @@ class Server:
         self.storage = LocalStorage(root, secret_key=SECRET, public_url=self.base, max_bytes=MAX_BYTES)
         app = Flask(__name__)
         app.register_blueprint(make_storage_blueprint(self.storage))
-        self._server = make_server("127.0.0.1", self.port, app, threaded=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.http = WsgiServer(app, self.port)
 
     def past_storage(self) -> LocalStorage:
         """A twin whose clock is an hour behind, to mint already-expired URLs."""
@@ -52,10 +50,8 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("objects"))
-    srv._thread.start()
     yield srv
-    srv._server.shutdown()
-    srv._thread.join(5)
+    srv.http.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 import uuid
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -19,13 +18,13 @@ from botocore.config import Config
 from flask import Flask
 from moto.server import ThreadedMotoServer
 from PIL import Image
-from werkzeug.serving import make_server
 
 from orchestrator.netutil import free_port
 from orchestrator.storage.base import StorageError, object_key
 from orchestrator.storage.factory import storage_from_url
 from orchestrator.storage.images import download_image, upload, verify_image
 from orchestrator.storage.s3 import S3Storage
+from tests.http_helpers import WsgiServer
 
 
 @pytest.fixture(scope="module")
@@ -127,18 +126,11 @@ def test_head_on_unreachable_endpoint_is_a_storage_error() -> None:
 def test_head_denied_is_a_storage_error_not_missing() -> None:
     app = Flask(__name__)
     app.add_url_rule("/<path:_p>", "deny", lambda _p: ("", 403), methods=["HEAD", "GET"])
-    port = free_port()
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        endpoint_url = f"http://127.0.0.1:{port}"
+    with WsgiServer(app) as server:
+        endpoint_url = server.url
         storage = S3Storage("b", endpoint_url=endpoint_url, client=_client_without_retries(endpoint_url))
         with pytest.raises(StorageError, match="403"):
             storage.head("acme/b/0-x/0.png")
-    finally:
-        server.shutdown()
-        thread.join(5)
 
 
 def test_describe_hides_endpoint_credentials(endpoint: str) -> None:
