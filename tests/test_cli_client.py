@@ -18,7 +18,7 @@ from orchestrator.sandbox import Faults
 from tests.conftest import REDIS_URL, make_key
 from tests.stack import Stack, start_stack
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.committed]  # a stack or an API process reads the data
 FAILING_MODEL = "fal-ai/flux/dev"  # the sandbox rejects every request for it (content policy)
 SLOW_MODEL = "runware:101@1"  # the sandbox takes 30 s per image: time enough to cancel
 CELL_W, CELL_H, PAD, HEADER = 256 + 16, 256 + 16 + 30, 8, 32  # orchestrator.contact_sheet layout

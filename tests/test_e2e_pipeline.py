@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.conftest import REDIS_URL, make_key
 from tests.stack import Stack, start_stack
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.committed]  # a stack or an API process reads the data
 
 
 @pytest.fixture

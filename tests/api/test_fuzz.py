@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.netutil import free_port
 from tests.conftest import make_key
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.committed]  # a stack or an API process reads the data
 EXAMPLES = {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 15}
 REAL_EXAMPLES = 10
 MIN_REQUESTS = 1000
