@@ -8,7 +8,7 @@ generated; rows that disappeared since the last run are reported `removed` (and 
 deleted only with `prune`).
 
 The index (`catalog_entries`) moves to a row's new images only when the store step has
-verified all of them (workers/storage.py), so a failed night leaves the previous images.
+verified all of them (workers/store.py), so a failed night leaves the previous images.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db import make_engine, make_session_factory
+from orchestrator.providers import registry
 from orchestrator.providers.base import ProviderAdapter
-from orchestrator.providers.registry import make_adapter
 from orchestrator.queue import Publisher
 from orchestrator.settings import Settings
 from orchestrator.storage.base import Storage
@@ -66,11 +66,7 @@ class Services:
     def adapter(self, provider: str) -> ProviderAdapter:
         """The adapter for a provider, sharing the pooled client."""
         if provider not in self._adapters:
-            s = self.settings
-            key = s.fal_key if provider == "fal" else s.runware_api_key
-            base = s.fal_queue_url if provider == "fal" else s.runware_api_url
-            self._adapters[provider] = make_adapter(provider, api_key=key.get_secret_value(), base_url=base,
-                                                    client=self.http)
+            self._adapters[provider] = registry.from_settings(self.settings.provider(provider), client=self.http)
         return self._adapters[provider]
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from orchestrator import binding, queue, state
 from orchestrator.db import as_utc, utcnow
 from orchestrator.log import bound
 from orchestrator.models import Delivery, Job, JobEvent, JobState
+from orchestrator.providers import registry
 from orchestrator.providers.errors import NotFound, ResultExpired
 from workers.celery_app import TASK_OPTS
 from workers.context import Context, ctx
@@ -42,13 +43,10 @@ def process(c: Context, delivery_id: uuid.UUID) -> str:
         delivery, job = found
         with bound(job_id=job.id, delivery_id=delivery.id):
             attempt = delivery.attempt or 0
-            verdict = binding.judge(session, job, attempt, delivery.provider, delivery.body, delivery.headers or {})
-            if verdict.decision == "refused":
-                return _refuse(session, delivery, job, verdict.reason)
+            verdict = _judge(c, session, delivery, job, attempt)
+            if isinstance(verdict, str):
+                return verdict
             if verdict.decision == "held":
-                if not _checkable(c, session, job, delivery):
-                    delivery.outcome = binding.HELD
-                    return "held"
                 # Our submit call never got its answer: ask fal, with our key, whether the signed
                 # request id is one of ours before adopting it (never on the delivery's word alone).
                 check = target_of(job, verdict.claimed, attempt)
@@ -63,13 +61,12 @@ def process(c: Context, delivery_id: uuid.UUID) -> str:
     # fal said OK but sent no payload: fetch the result, with no transaction open during the call.
     result = poll_target(c, target)
     with c.session() as session:
-        delivery = session.get(Delivery, delivery_id)
-        job = lock_job(session, target.job_id)
-        if delivery is None or job is None or delivery.processed_at is not None:
+        fetched_for, locked = session.get(Delivery, delivery_id), lock_job(session, target.job_id)
+        if fetched_for is None or locked is None or fetched_for.processed_at is not None:
             return "skipped"
         if result is None:
             return "fetch failed; will retry"
-        return _done(delivery, apply(c, session, job, target.attempt, result, "result_fetch"))
+        return _done(fetched_for, apply(c, session, locked, target.attempt, result, "result_fetch"))
 
 
 def _locked(session: Session, delivery_id: uuid.UUID) -> tuple[Delivery, Job] | str:
@@ -82,6 +79,17 @@ def _locked(session: Session, delivery_id: uuid.UUID) -> tuple[Delivery, Job] | 
     if job is None:
         return _done(delivery, "job gone")
     return delivery, job
+
+
+def _judge(c: Context, session: Session, delivery: Delivery, job: Job, attempt: int) -> binding.Verdict | str:
+    """binding's verdict on a delivery for `attempt`, or what it came to: refused, or held until its id is known."""
+    verdict = binding.judge(session, job, attempt, delivery.provider, delivery.body, delivery.headers or {})
+    if verdict.decision == "refused":
+        return _refuse(session, delivery, job, verdict.reason)
+    if verdict.decision == "held" and not _checkable(c, session, job, delivery):
+        delivery.outcome = binding.HELD
+        return "held"
+    return verdict
 
 
 def _refuse(session: Session, delivery: Delivery, job: Job, reason: str) -> str:
@@ -101,12 +109,14 @@ def _checkable(c: Context, session: Session, job: Job, delivery: Delivery) -> bo
     answer is probably on its way and checking would only cost a provider call.
     """
     attempt = delivery.attempt or 0
-    if delivery.provider != "fal" or job.state in state.TERMINAL or not 0 < attempt <= job.attempt:
+    if registry.capabilities(delivery.provider).knows_our_task_id:
+        return False  # the sweep looks such an attempt up by our task id (settle_by_task_id)
+    if job.state in state.TERMINAL or not 0 < attempt <= job.attempt:
         return False
     if attempt < job.attempt or job.state is JobState.queued:
         return True
-    if (job.provider != "fal" or job.state is not JobState.submitting or job.provider_request_id is not None
-            or job.submit_started_at is None):
+    if (registry.capabilities(job.provider).knows_our_task_id or job.state is not JobState.submitting
+            or job.provider_request_id is not None or job.submit_started_at is None):
         return False
     if as_utc(job.submit_started_at) < utcnow() - timedelta(seconds=c.settings.claim_stale_seconds):
         return True
@@ -127,17 +137,14 @@ def _check_and_adopt(c: Context, delivery_id: uuid.UUID, check: PollTarget) -> s
         if answer is None:
             delivery.outcome = binding.HELD
             return "held; the provider check failed"
-        verdict = binding.judge(session, job, check.attempt, delivery.provider, delivery.body, delivery.headers or {})
-        if verdict.decision == "refused":
-            return _refuse(session, delivery, job, verdict.reason)
+        verdict = _judge(c, session, delivery, job, check.attempt)
+        if isinstance(verdict, str):
+            return verdict
         if verdict.decision == "held":
-            if not _checkable(c, session, job, delivery):
-                delivery.outcome = binding.HELD
-                return "held"
             unknown = isinstance(answer.error, NotFound) and not isinstance(answer.error, ResultExpired)
             if unknown or binding.claimed_by_another(session, job, check.attempt, check.request_id):
                 return _refuse(session, delivery, job, f"request {check.request_id[:80]} is not ours to adopt")
-            job = _adopt_request_id(session, job, check.attempt, check.request_id)
+            job = _adopt_request_id(session, job, check.attempt, check.request_id, delivery.provider)
         outcome = c.adapter(delivery.provider).parse_webhook(delivery.body)
         if outcome.status == "fetch_result":
             # The check already fetched the result: use it rather than calling again.
@@ -145,10 +152,10 @@ def _check_and_adopt(c: Context, delivery_id: uuid.UUID, check: PollTarget) -> s
         return _done(delivery, apply(c, session, job, check.attempt, outcome, "webhook"))
 
 
-def _adopt_request_id(session: Session, job: Job, attempt: int, request_id: str) -> Job:
+def _adopt_request_id(session: Session, job: Job, attempt: int, request_id: str, provider: str) -> Job:
     """Record a confirmed request id as the one `attempt` made (the current attempt moves to submitted)."""
-    detail = {"request_id": request_id, "provider": "fal",
-              "adopted": "submit outcome unknown; fal knows the request under our key"}
+    detail = {"request_id": request_id, "provider": provider,
+              "adopted": f"submit outcome unknown; {provider} knows the request under our key"}
     if attempt == job.attempt and job.state is JobState.submitting:
         state.transition(session, job.id, JobState.submitted, kind="submitted", expect=[JobState.submitting],
                          values={"provider_request_id": request_id, "submitted_at": utcnow()}, detail=detail)

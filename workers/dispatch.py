@@ -32,9 +32,6 @@ from workers.context import MAX_COUNTDOWN, Context, ctx, on_slot_freed
 from workers.retry import Retry, requeue, retry_or_fail
 
 log = logging.getLogger(__name__)
-UNKNOWN_OUTCOME = ("timeout", "connection_error")
-
-
 class Submit(StrEnum):
     """What a submit came to (besides the retry policy's answers for a failed one)."""
 
@@ -220,7 +217,7 @@ def submit_failed(c: Context, job_id: uuid.UUID, attempt: int, exc: ProviderErro
         if isinstance(exc, PermanentProviderError):
             state.fail(session, job_id, exc.code or "provider_rejected", exc.message, detail=detail)
             return Submit.failed
-        if exc.code in UNKNOWN_OUTCOME:
+        if exc.outcome_unknown:
             # The request may have been received: never resend blindly. The callback, or the
             # sweep's check with the provider, settles this attempt.
             # (The job's row is locked above, as in submit_succeeded, so no held delivery is missed.)

@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 from orchestrator import binding, catalog_runs, metrics, queue, schedules, state
 from orchestrator.db import as_utc, upsert_insert, utcnow
 from orchestrator.models import Batch, Delivery, Heartbeat, Job, JobState
+from orchestrator.providers import registry
 from orchestrator.providers._http import DEFAULT_TIMEOUT
 from orchestrator.providers.registry import PROVIDERS
 from workers.celery_app import TASK_OPTS
 from workers.context import Context, ctx
-from workers.reconcile import Poll, lock_job, poll_job, settle_runware
+from workers.reconcile import Poll, lock_job, poll_job, settle_by_task_id
 from workers.retry import Retry, rebalance, requeue
 
 log = logging.getLogger(__name__)
@@ -108,37 +109,39 @@ def _settle_unknown(c: Context, now: datetime) -> int:
     """Submits that may have reached the provider: ask Runware; give fal time to call back."""
     s = c.settings
     # Runware knows a task by the UUID we chose: getResponse settles every unknown attempt
-    # before anything is resubmitted (see settle_runware).
-    runware = _ids(c, sa.select(Job.id).where(
-        Job.state == JobState.submitting, Job.provider == "runware", Job.submit_started_at.is_not(None),
+    # before anything is resubmitted (see settle_by_task_id).
+    by_task_id = registry.providers_with(knows_our_task_id=True)
+    looked_up = _ids(c, sa.select(Job.id).where(
+        Job.state == JobState.submitting, Job.provider.in_(by_task_id), Job.submit_started_at.is_not(None),
         Job.submit_started_at < now - timedelta(seconds=s.claim_stale_seconds)))
     not_found_before = now - timedelta(seconds=max(s.claim_stale_seconds, SUBMIT_IN_FLIGHT_SECONDS))
-    settled = sum(settle_runware(c, job_id, not_found_before) not in (Poll.skipped, Poll.failed, Poll.waiting)
-                  for job_id in runware)
+    settled = sum(settle_by_task_id(c, job_id, not_found_before) not in (Poll.skipped, Poll.failed, Poll.waiting)
+                  for job_id in looked_up)
     # A fal callback held because its attempt's submit answer never came (worker lost, connection cut):
     # have it checked with fal, which may let its signed request id be adopted (workers.deliveries).
     # (An earlier attempt's held callback too: that attempt will never learn its id otherwise.)
+    by_request_id = registry.providers_with(knows_our_task_id=False)
     stale_intent = sa.and_(Job.state == JobState.submitting, Job.submit_started_at.is_not(None),
                            Job.submit_started_at < now - timedelta(seconds=s.claim_stale_seconds))
     # So is one never examined at all (its message was lost with a killed worker: a kill leaves
     # it unacknowledged until the broker's visibility timeout), once it is a few seconds old.
     unexamined = sa.and_(Delivery.outcome.is_(None), Delivery.received_at < now - timedelta(seconds=UNEXAMINED_SECONDS))
     for delivery_id in _ids(c, sa.select(Delivery.id).join(Job, Job.id == Delivery.job_id).where(
-            Delivery.provider == "fal", Delivery.verified.is_(True), Delivery.processed_at.is_(None),
+            Delivery.provider.in_(by_request_id), Delivery.verified.is_(True), Delivery.processed_at.is_(None),
             sa.or_(Delivery.outcome == binding.HELD, unexamined),
             Job.state.in_(state.ACTIVE), sa.or_(Delivery.attempt < Job.attempt, Job.state == JobState.queued,
                                                 sa.and_(Delivery.attempt == Job.attempt, stale_intent)))):
         c.publisher.send(queue.PROCESS_DELIVERY, str(delivery_id))
     # fal has no way to look a request up without its id: wait for the attempt's callback, then
-    # resubmit as a new attempt as the batch's policy allows (see _resubmit_unknown_fal).
+    # resubmit as a new attempt as the batch's policy allows (see _resubmit_unknown).
     window = min(s.callback_timeout_seconds, s.unknown_outcome_window_seconds)
-    fal = _ids(c, sa.select(Job.id).where(
-        Job.state == JobState.submitting, Job.provider == "fal", Job.submit_started_at.is_not(None),
+    waiting = _ids(c, sa.select(Job.id).where(
+        Job.state == JobState.submitting, Job.provider.in_(by_request_id), Job.submit_started_at.is_not(None),
         Job.submit_started_at < now - timedelta(seconds=window)))
-    return settled + sum(_resubmit_unknown_fal(c, job_id, now) for job_id in fal)
+    return settled + sum(_resubmit_unknown(c, job_id, now) for job_id in waiting)
 
 
-def _resubmit_unknown_fal(c: Context, job_id: uuid.UUID, now: datetime) -> bool:
+def _resubmit_unknown(c: Context, job_id: uuid.UUID, now: datetime) -> bool:
     """Resubmit one fal attempt whose submit answer never came, if its batch's policy says it is time.
 
     `wait` (the default) waits out fal's webhook retries (ORCH_UNKNOWN_OUTCOME_WINDOW_SECONDS,

@@ -1,7 +1,8 @@
 """Reconciliation: turn a provider outcome (webhook or poll) into at most one state change.
 
-Also the polling of providers: for a job whose callback is late (`poll_job`), and for a Runware
-submit whose outcome is unknown (`settle_runware`); both reconcile the answer through `apply`.
+Also the polling of providers: for a job whose callback is late (`poll_job`), and for a submit
+whose outcome is unknown, at a provider that knows our task id (`settle_by_task_id`); both
+reconcile the answer through `apply`.
 
 Callers hold the job's row lock (SELECT ... FOR UPDATE) for the whole decision, so concurrent
 duplicates serialise: the first applies, the rest see the new state and change nothing.
@@ -27,6 +28,7 @@ from orchestrator import metrics, queue, state
 from orchestrator.db import as_utc, utcnow
 from orchestrator.models import Asset, Job, JobState
 from orchestrator.pricing import Price
+from orchestrator.providers import registry
 from orchestrator.providers.base import ImageRef, Outcome
 from orchestrator.providers.errors import NotFound, ProviderError, TransientProviderError
 from workers import admission
@@ -109,8 +111,8 @@ def _collect(c: Context, session: Session, job: Job, outcome: Outcome, source: s
     if added == 0 and outcome.images:
         state.record(session, job.id, "duplicate_result", job.attempt, source=source)
     if have < job.num_images:
-        if job.provider == "fal" or not outcome.images:
-            # fal returns all images at once: fewer than asked for is a failed generation,
+        if registry.capabilities(job.provider).images_together or not outcome.images:
+            # All images arrive at once (fal): fewer than asked for is a failed generation,
             # never a success (an empty result must not count as done).
             err = TransientProviderError(job.provider, f"{have} of {job.num_images} images returned",
                                          code="incomplete_result")
@@ -210,7 +212,8 @@ class PollTarget:
 
 def target_of(job: Job, request_id: str | None = None, attempt: int | None = None) -> PollTarget:
     """What to ask the provider about: the job's current attempt, or the named one (a delivery's)."""
-    rid = request_id or job.provider_request_id or (job.task_id if job.provider == "runware" else None) or ""
+    ours = job.task_id if registry.capabilities(job.provider).knows_our_task_id else None
+    rid = request_id or job.provider_request_id or ours or ""
     meta = dict(job.provider_meta or {}) if attempt in (None, job.attempt) else {}
     return PollTarget(job.id, attempt or job.attempt, job.provider, job.model, rid, job.num_images, meta)
 
@@ -251,8 +254,9 @@ def poll_job(c: Context, job_id: uuid.UUID) -> Poll | str:
         return apply(c, session, job, target.attempt, outcome, "poll")
 
 
-def settle_runware(c: Context, job_id: uuid.UUID, not_found_before: datetime) -> Poll | Retry | str:
-    """Settle a Runware attempt whose submit outcome is unknown, by getResponse on its task UUID.
+def settle_by_task_id(c: Context, job_id: uuid.UUID, not_found_before: datetime) -> Poll | Retry | str:
+    """Settle an attempt whose submit outcome is unknown, by asking for the task id we chose (Runware's
+    getResponse on its taskUUID).
 
     Runware knows a task by the UUID we chose and committed with the intent, so nothing is
     resubmitted before Runware has been asked: `processing` means it has the task (the job
