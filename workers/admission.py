@@ -14,7 +14,6 @@ however deep the queue is. Every free slot is taken under one lock.
 
 from __future__ import annotations
 
-import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -169,9 +168,3 @@ def breaker_open(session: Session, provider: str, now: datetime) -> bool:
     until = session.scalar(sa.select(ProviderAccount.breaker_open_until)
                            .where(ProviderAccount.provider == provider))
     return until is not None and as_utc(until) > now
-
-
-def backoff(settings: Settings, retries: int) -> float:
-    """Exponential backoff with full-range jitter, capped."""
-    base = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** max(0, retries - 1))
-    return base * random.uniform(0.5, 1.5)
