@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -13,8 +14,13 @@ from PIL import Image
 
 from orchestrator.sandbox import FAL_DEV_KEY, FalConfig, FalSandbox, Faults
 from tests.http_helpers import LoopbackServer
+from tests.stack import wait_for
 
 AUTH = {"Authorization": f"Key {FAL_DEV_KEY}"}
+# A request that must still be running (or waiting) when the test looks at it takes this long, so
+# no scheduler delay on a loaded machine can let it finish first; the test cancels it, or the
+# sandbox's shutdown does.
+BUSY = Faults(latency_min=60.0, latency_max=60.0)
 
 
 def submit(sb: FalSandbox, model: str, body: object, **kwargs: object) -> dict:
@@ -23,7 +29,7 @@ def submit(sb: FalSandbox, model: str, body: object, **kwargs: object) -> dict:
     return response.json()
 
 
-def wait_completed(status_url: str, timeout: float = 5.0) -> httpx.Response:
+def wait_completed(status_url: str, timeout: float = 30.0) -> httpx.Response:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = httpx.get(status_url, headers=AUTH)
@@ -31,6 +37,23 @@ def wait_completed(status_url: str, timeout: float = 5.0) -> httpx.Response:
             return response
         time.sleep(0.02)
     raise AssertionError("request did not complete")
+
+
+def status_of(body: dict) -> dict:
+    return httpx.get(body["status_url"], headers=AUTH).json()
+
+
+def hold_slots(sb: FalSandbox, count: int) -> list[dict]:
+    """Fill `count` of the key's running slots with flux/dev requests that last until cancelled."""
+    sb.set_faults(models={"fal-ai/flux/dev": {"latency_min": 60.0, "latency_max": 60.0}})
+    held = [submit(sb, "fal-ai/flux/dev", {"prompt": f"holds a slot {i}"}) for i in range(count)]
+    wait_for(lambda: all(status_of(b)["status"] == "IN_PROGRESS" for b in held), timeout=30, what="slots held")
+    return held
+
+
+def release(held: dict) -> None:
+    """Cancel a slot-holding request: its slot goes to the next waiting request."""
+    assert httpx.put(held["cancel_url"], headers=AUTH).status_code == 202
 
 
 def test_official_client_submit_status_result_with_webhook(fal, receiver: LoopbackServer, fal_client_for) -> None:
@@ -57,8 +80,7 @@ def test_official_client_submit_status_result_with_webhook(fal, receiver: Loopba
 
 
 def test_official_client_cancel_outcomes(fal_client_for) -> None:
-    faults = Faults(latency_min=0.4, latency_max=0.4)
-    with FalSandbox(keys=(FAL_DEV_KEY,), concurrency=1, faults=faults) as sb:
+    with FalSandbox(keys=(FAL_DEV_KEY,), concurrency=1, faults=BUSY) as sb:
         client = fal_client_for(sb)
         running = client.submit("fal-ai/flux/schnell", {"prompt": "running one"})
         queued = client.submit("fal-ai/flux/schnell", {"prompt": "queued one"})
@@ -80,10 +102,36 @@ def test_official_client_cancel_outcomes(fal_client_for) -> None:
         assert sb.ledger.peak_inflight(FAL_DEV_KEY) == 1
 
 
+def test_cancel_of_a_request_that_just_got_its_slot(receiver: LoopbackServer) -> None:
+    # Two cancels handled back to back: the first frees the slot and the next request starts, the
+    # second cancels that one before its task has run a single step. It must still end as
+    # client_cancelled with its webhook and give its slot back (it once stayed IN_PROGRESS forever).
+    with FalSandbox(keys=(FAL_DEV_KEY,), concurrency=1, faults=BUSY) as sb:
+        running = submit(sb, "fal-ai/flux/dev", {"prompt": "running"}, params={"fal_webhook": receiver.url})
+        starting = submit(sb, "fal-ai/flux/dev", {"prompt": "starting"}, params={"fal_webhook": receiver.url})
+        last = submit(sb, "fal-ai/flux/dev", {"prompt": "last"})
+
+        async def cancel_back_to_back() -> str:
+            first, second = sb._requests[running["request_id"]], sb._requests[starting["request_id"]]
+            first.cancel_requested = True
+            assert first.task is not None
+            first.task.cancel()
+            while second.task is None:  # the first handles its cancel; the second gets the slot
+                await asyncio.sleep(0)
+            state = second.state
+            second.cancel_requested = True
+            second.task.cancel()
+            return state
+
+        assert sb.call(cancel_back_to_back()) == "IN_PROGRESS"
+        for body in (running, starting):
+            assert wait_completed(body["status_url"]).json()["error_type"] == "client_cancelled"
+        assert len(receiver.wait_for(2)) == 2
+        wait_for(lambda: status_of(last)["status"] == "IN_PROGRESS", timeout=30, what="the freed slot to be reused")
+
+
 def test_cancel_queued_can_answer_200_ok() -> None:
-    with FalSandbox(
-        keys=(FAL_DEV_KEY,), concurrency=1, cancel_queued_status=200, faults=Faults(latency_min=0.3, latency_max=0.3)
-    ) as sb:
+    with FalSandbox(keys=(FAL_DEV_KEY,), concurrency=1, cancel_queued_status=200, faults=BUSY) as sb:
         submit(sb, "fal-ai/flux/dev", {"prompt": "first"})
         queued = submit(sb, "fal-ai/flux/dev", {"prompt": "second"})
         response = httpx.put(queued["cancel_url"], headers=AUTH)
@@ -91,6 +139,8 @@ def test_cancel_queued_can_answer_200_ok() -> None:
 
 
 def test_url_rule_status_codes_and_result_alias(fal: FalSandbox) -> None:
+    # It waits behind both running slots while its early answers are read, then runs alone.
+    held = hold_slots(fal, 2)
     fal.set_faults(latency_min=0.2, latency_max=0.2)
     body = submit(fal, "rundiffusion-fal/juggernaut-flux/lightning", {"prompt": "juggernaut"})
     base = f"{fal.url}/rundiffusion-fal/juggernaut-flux/requests/{body['request_id']}"
@@ -103,6 +153,7 @@ def test_url_rule_status_codes_and_result_alias(fal: FalSandbox) -> None:
     assert httpx.get(base, headers=AUTH).status_code == 400  # result before completion
     full_path = f"{fal.url}/rundiffusion-fal/juggernaut-flux/lightning/requests/{body['request_id']}/status"
     assert httpx.get(full_path, headers=AUTH).status_code == 404  # the sub-path is for submit only
+    release(held[0])
     done = wait_completed(base + "/status")
     assert done.status_code == 200 and done.json()["metrics"]["inference_time"] == pytest.approx(0.2)
     result, alias = httpx.get(base, headers=AUTH), httpx.get(base + "/response", headers=AUTH)
@@ -176,13 +227,18 @@ def test_custom_image_size_sync_mode_and_multiple_images(fal: FalSandbox) -> Non
 
 
 def test_concurrency_limit_and_low_priority_waits(fal: FalSandbox) -> None:
-    fal.set_faults(latency_min=0.5, latency_max=0.5)
-    first = [submit(fal, "fal-ai/flux/schnell", {"prompt": f"n{i}"}) for i in range(2)]
+    first = hold_slots(fal, 2)  # the key's two slots, until released
+    fal.set_faults(latency_min=0.1, latency_max=0.1)
     low = submit(fal, "fal-ai/flux/schnell", {"prompt": "low"}, headers={"X-Fal-Queue-Priority": "low"})
     normal = submit(fal, "fal-ai/flux/schnell", {"prompt": "normal"})
     assert httpx.get(low["status_url"], headers=AUTH).json()["queue_position"] == 1
     assert httpx.get(normal["status_url"], headers=AUTH).json()["queue_position"] == 0
-    for body in [*first, low, normal]:
+    # One slot frees: normal takes it although low came first; low gets it only when normal is done.
+    release(first[0])
+    for body in (low, normal):
+        wait_completed(body["status_url"])
+    release(first[1])
+    for body in first:
         wait_completed(body["status_url"])
     assert fal.ledger.peak_inflight(FAL_DEV_KEY) == 2
     started = {}
@@ -193,7 +249,7 @@ def test_concurrency_limit_and_low_priority_waits(fal: FalSandbox) -> None:
 
 
 def test_max_queue_length_rejects_with_429(fal: FalSandbox) -> None:
-    fal.set_faults(latency_min=0.3, latency_max=0.3)
+    fal.replace_faults(BUSY)
     for i in range(3):  # two run, one waits
         submit(fal, "fal-ai/flux/dev", {"prompt": f"p{i}"})
     url = f"{fal.url}/fal-ai/flux/dev"
@@ -205,11 +261,16 @@ def test_max_queue_length_rejects_with_429(fal: FalSandbox) -> None:
 def test_sse_stream_until_completed_with_keepalive() -> None:
     config = FalConfig(keys=(FAL_DEV_KEY,), keepalive_interval=0.05, faults=Faults(latency_min=0.3, latency_max=0.3))
     with FalSandbox(config) as sb:
-        body = submit(sb, "fal-ai/flux/dev", {"prompt": "stream"})
+        # The streamed request waits behind held slots until the stream has shown a keep-alive.
+        held = hold_slots(sb, 2)
+        body = submit(sb, "fal-ai/flux/schnell", {"prompt": "stream"})
         lines = []
         with httpx.stream("GET", body["status_url"] + "/stream", params={"logs": 1}, headers=AUTH) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
-            lines = list(response.iter_lines())
+            for line in response.iter_lines():
+                if line == ": keep-alive" and ": keep-alive" not in lines:
+                    release(held[0])
+                lines.append(line)
         events = [json.loads(line[len("data: ") :]) for line in lines if line.startswith("data: ")]
         assert events[-1]["status"] == "COMPLETED" and isinstance(events[-1]["logs"], list)
         assert "IN_PROGRESS" in [e["status"] for e in events]
@@ -218,12 +279,14 @@ def test_sse_stream_until_completed_with_keepalive() -> None:
 
 
 def test_results_expire_like_fal() -> None:
+    # The short TTLs leave seconds to read the result and image first, however loaded the machine;
+    # the expiries are then waited for, well short of the 60 s a small result would keep.
     config = FalConfig(
         keys=(FAL_DEV_KEY,),
         result_ttl=60,
-        large_result_ttl=0.2,
+        large_result_ttl=2.0,
         large_result_bytes=100,
-        media_ttl=0.3,
+        media_ttl=3.0,
         faults=Faults(latency_min=0.01, latency_max=0.01),
     )
     with FalSandbox(config) as sb:
@@ -231,13 +294,13 @@ def test_results_expire_like_fal() -> None:
         wait_completed(body["status_url"])
         image_url = httpx.get(body["response_url"], headers=AUTH).json()["images"][0]["url"]
         assert httpx.get(image_url).status_code == 200
-        time.sleep(0.35)
-        assert httpx.get(body["response_url"], headers=AUTH).status_code == 404  # >= 100 bytes: short TTL
-        assert httpx.get(image_url).status_code == 404
+        wait_for(lambda: httpx.get(body["response_url"], headers=AUTH).status_code == 404, timeout=20,
+                 what="the result to expire")  # >= 100 bytes: short TTL
+        wait_for(lambda: httpx.get(image_url).status_code == 404, timeout=20, what="the image to expire")
 
 
 def test_start_timeout_header_times_out_waiting_requests() -> None:
-    with FalSandbox(keys=(FAL_DEV_KEY,), concurrency=1, faults=Faults(latency_min=0.4, latency_max=0.4)) as sb:
+    with FalSandbox(keys=(FAL_DEV_KEY,), concurrency=1, faults=BUSY) as sb:
         submit(sb, "fal-ai/flux/dev", {"prompt": "busy"})
         waiting = submit(sb, "fal-ai/flux/dev", {"prompt": "late"}, headers={"X-Fal-Request-Timeout": "0.1"})
         status = wait_completed(waiting["status_url"]).json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import math
 import time
@@ -112,22 +113,21 @@ class FalRunner(BaseSandbox):
             self.ledger.started(key)
             fal_request.state = IN_PROGRESS
             fal_request.log("Request started")
-            fal_request.task = asyncio.get_running_loop().create_task(self._run_request(fal_request, queue))
+            fal_request.task = asyncio.get_running_loop().create_task(self._execute(fal_request))
+            # A done callback, not try/finally inside the task: a task cancelled before its first
+            # step (a cancel handled right after the slot was given) never enters its coroutine.
+            fal_request.task.add_done_callback(functools.partial(self._finished, fal_request, queue))
             started = True
         if started:
             self._notify()
 
-    async def _run_request(self, fal_request: FalRequest, queue: KeyQueue) -> None:
-        try:
-            await self._execute(fal_request)
-        except asyncio.CancelledError:
-            if not fal_request.cancel_requested:
-                raise
+    def _finished(self, fal_request: FalRequest, queue: KeyQueue, task: asyncio.Task[None]) -> None:
+        """Free the request's slot; a client's cancel completes it as 499 (shutdown and reset do not)."""
+        if task.cancelled() and fal_request.cancel_requested:
             self._fail(fal_request, 499)
-        finally:
-            queue.running -= 1
-            self.ledger.finished(fal_request.key)
-            self._pump(fal_request.key)
+        queue.running -= 1
+        self.ledger.finished(fal_request.key)
+        self._pump(fal_request.key)
 
     async def _execute(self, fal_request: FalRequest) -> None:
         faults = self.faults.for_model(fal_request.model)
