@@ -310,3 +310,21 @@ def test_a_callback_whose_message_was_lost_stops_the_resubmit_and_is_adopted(
     assert process(ctx, delivery_id) == "storing"
     with sessions() as s:
         assert s.get(Job, job_id).state is JobState.storing  # type: ignore[union-attr]
+
+
+def test_a_held_callback_of_a_finished_job_is_closed_not_kept_forever(
+        ctx: Context, sessions: sessionmaker[Session], fal: FalSandbox) -> None:
+    # Attempt 1's answer was lost, the job was resubmitted and finished on attempt 2; then attempt
+    # 1's (delayed) callback came. Its request id was never learnt, so binding holds it; but a
+    # finished job never moves again: the delivery is closed and the late result recorded.
+    with session_scope(sessions) as s:
+        _, (job,) = make_batch(s, [JobState.succeeded], attempt=2, provider_request_id="req-2")
+        job_id = job.id
+    delivery_id = _deliver(sessions, job_id, 1, _fal_ok(_fal_request(fal)))
+    assert process(ctx, delivery_id) == "ignored: job is succeeded"
+    with sessions() as s:
+        row = s.get(Delivery, delivery_id)
+        assert row is not None and row.processed_at is not None
+        assert s.get(Job, job_id).state is JobState.succeeded  # type: ignore[union-attr]
+    (late,) = [e for e in _events(sessions, job_id) if e.kind == "late_result_ignored"]
+    assert late.attempt == 1 and late.detail["why"] == "job is succeeded"

@@ -86,6 +86,13 @@ def _judge(c: Context, session: Session, delivery: Delivery, job: Job, attempt: 
     verdict = binding.judge(session, job, attempt, delivery.provider, delivery.body, delivery.headers or {})
     if verdict.decision == "refused":
         return _refuse(session, delivery, job, verdict.reason)
+    if verdict.decision == "held" and job.state in state.TERMINAL:
+        # The job ended on another attempt's result: nothing can use this one any more (a finished
+        # job never moves), so it is closed on the timeline instead of staying held forever.
+        why = f"job is {job.state.value}"
+        state.record(session, job.id, "late_result_ignored", attempt, source="webhook", why=why,
+                     request_id=verdict.claimed)
+        return _done(delivery, f"ignored: {why}")
     if verdict.decision == "held" and not _checkable(c, session, job, delivery):
         delivery.outcome = binding.HELD
         return "held"
