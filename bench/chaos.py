@@ -2,7 +2,7 @@
 
     python bench/chaos.py                 # 3 runs x 1,000 jobs, different seeds
     python bench/chaos.py --runs 10       # a release
-    python bench/chaos.py --jobs 120 --runs 1 --batch-size 30   # the short version (tests/test_chaos.py)
+    python bench/chaos.py --jobs 120 --runs 1 --batch-size 30   # the short version (tests/e2e/test_chaos.py)
 
 Each run starts its own Postgres cluster and Redis (so it may crash them), both provider sandboxes
 as `orchestrator sandbox fal|runware` processes with every fault switched on, the API, three
@@ -58,7 +58,7 @@ SANDBOX_FAULTS = [
     "--submit-slow-rate", "0.05", "--submit-slow-seconds", "1", "--latency-min", "0.2", "--latency-max", "1.0",
     "--webhook-backoff", "0.5",
 ]
-# A short run (tests/test_chaos.py: 60 jobs, about 70 submits) doubles the rarest submit faults:
+# A short run (tests/e2e/test_chaos.py: 60 jobs, about 70 submits) doubles the rarest submit faults:
 # at 5 % each, one of them is never injected in about 3 % of short runs (0.95^70), which would
 # fail "every fault happened" by chance; doubled, about 0.06 %.
 SHORT_RUN_FAULTS = ["--submit-500-rate", "0.06", "--submit-503-rate", "0.04", "--submit-timeout-rate", "0.1"]

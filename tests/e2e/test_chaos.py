@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300),
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")]
 

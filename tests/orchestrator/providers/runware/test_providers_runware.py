@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-from providers_fakes import FakeProvider
 
 from orchestrator.providers.base import SubmitRequest
 from orchestrator.providers.errors import (
@@ -21,6 +20,7 @@ from orchestrator.providers.errors import (
     TransientProviderError,
 )
 from orchestrator.providers.runware.adapter import RunwareAdapter
+from tests.orchestrator.providers.providers_fakes import FakeProvider
 
 URL = "http://127.0.0.1:9002/v1"
 KEY = "rw-api-key-0123456789"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from providers_fakes import FakeProvider
+
+from tests.orchestrator.providers.providers_fakes import FakeProvider
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from providers_fakes import FakeProvider
 
 from orchestrator.providers.base import SubmitRequest
 from orchestrator.providers.errors import (
@@ -22,6 +21,7 @@ from orchestrator.providers.errors import (
     TransientProviderError,
 )
 from orchestrator.providers.fal.adapter import FalAdapter
+from tests.orchestrator.providers.providers_fakes import FakeProvider
 
 BASE = "http://127.0.0.1:9001"
 KEY = "key-id-123:key-secret-456"

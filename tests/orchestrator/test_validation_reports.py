@@ -7,7 +7,7 @@ from typing import Any
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
-from tests.test_api_intake import count_rows, post
+from tests.orchestrator.api.test_api_intake import count_rows, post
 
 SCHEDULE = {"name": "nightly", "cron": "0 2 * * *", "timezone": "Europe/Berlin",
             "template": {"items": [{"model": "flux-schnell", "prompt": "a mug"}]}}

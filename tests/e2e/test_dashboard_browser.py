@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.models import Asset, AuditEntry, Batch, Delivery, JobEvent
 from orchestrator.sandbox import Faults
 from tests.conftest import StackFactory, make_key
-from tests.dashboard.browser import SCREENSHOTS, browser, shot, sign_in
+from tests.e2e.browser import SCREENSHOTS, browser, shot, sign_in
 from tests.stack import wait_for
 
 pytestmark = pytest.mark.slow

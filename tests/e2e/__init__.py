@@ -1,0 +1,1 @@
+"""End-to-end tests: whole running systems (worker processes, the API, both sandboxes)."""

@@ -1,0 +1,1 @@
+"""Tests of the orchestrator package, one folder per subpackage."""

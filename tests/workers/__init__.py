@@ -1,0 +1,1 @@
+"""Tests of the Celery task modules, called as plain functions."""
