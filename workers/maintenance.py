@@ -33,8 +33,6 @@ PAGE = 200
 # A submit call can still be on its way this long after its intent was recorded (the adapters'
 # HTTP timeout plus a margin): only after that does "Runware does not know the task" mean it never arrived.
 SUBMIT_IN_FLIGHT_SECONDS = (DEFAULT_TIMEOUT.read or 30.0) + 5.0
-# A delivery is examined within a second of arriving; one still unexamined after this lost its message.
-UNEXAMINED_SECONDS = 3.0
 
 
 @shared_task(name=queue.SWEEP, **TASK_OPTS)
@@ -123,12 +121,9 @@ def _settle_unknown(c: Context, now: datetime) -> int:
     by_request_id = registry.providers_with(knows_our_task_id=False)
     stale_intent = sa.and_(Job.state == JobState.submitting, Job.submit_started_at.is_not(None),
                            Job.submit_started_at < now - timedelta(seconds=s.claim_stale_seconds))
-    # So is one never examined at all (its message was lost with a killed worker: a kill leaves
-    # it unacknowledged until the broker's visibility timeout), once it is a few seconds old.
-    unexamined = sa.and_(Delivery.outcome.is_(None), Delivery.received_at < now - timedelta(seconds=UNEXAMINED_SECONDS))
     for delivery_id in _ids(c, sa.select(Delivery.id).join(Job, Job.id == Delivery.job_id).where(
             Delivery.provider.in_(by_request_id), Delivery.verified.is_(True), Delivery.processed_at.is_(None),
-            sa.or_(Delivery.outcome == binding.HELD, unexamined),
+            Delivery.outcome == binding.HELD,
             Job.state.in_(state.ACTIVE), sa.or_(Delivery.attempt < Job.attempt, Job.state == JobState.queued,
                                                 sa.and_(Delivery.attempt == Job.attempt, stale_intent)))):
         c.publisher.send(queue.PROCESS_DELIVERY, str(delivery_id))
@@ -161,7 +156,7 @@ def _resubmit_unknown(c: Context, job_id: uuid.UUID, now: datetime) -> bool:
         wait = s.unknown_outcome_window_seconds if policy == "wait" else s.callback_timeout_seconds
         if as_utc(job.submit_started_at) >= now - timedelta(seconds=wait):
             return False
-        if _callback_pending(session, job, now - 2 * timedelta(seconds=wait)):
+        if _held(session, job, since=now - 2 * timedelta(seconds=wait)):
             return False  # its callback came and is being checked with fal: give that a chance
         # A resubmission after an unknown outcome may pay twice: its own timeline kind, with the
         # policy that allowed it, and a counter in /metrics, so audits count it apart from true duplicates.
@@ -175,13 +170,15 @@ def _resubmit_unknown(c: Context, job_id: uuid.UUID, now: datetime) -> bool:
         return moved is Retry.requeued
 
 
-def _callback_pending(session: Session, job: Job, since: datetime) -> bool:
-    """Whether a verified callback for the job's current attempt came since `since` and is not
-    processed yet: held for its request id, or never examined (its message lost with a worker).
-    Either way fal accepted the request: resubmitting now would pay twice."""
+def _held(session: Session, job: Job, since: datetime) -> bool:
+    """Whether a callback for the job's current attempt came since `since` and is held, waiting
+    for its request id. It says fal accepted the request: resubmitting now would pay twice.
+
+    `since` counts from the callback's arrival, not from the submit: a callback that comes late
+    (its worker killed before it was examined, say) still gets its check with fal."""
     return session.scalar(sa.select(Delivery.id).where(
-        Delivery.job_id == job.id, Delivery.attempt == job.attempt, Delivery.verified.is_(True),
-        Delivery.processed_at.is_(None), Delivery.received_at >= since).limit(1)) is not None
+        Delivery.job_id == job.id, Delivery.attempt == job.attempt, Delivery.processed_at.is_(None),
+        Delivery.outcome == binding.HELD, Delivery.received_at >= since).limit(1)) is not None
 
 
 def _poll_overdue(c: Context, now: datetime) -> int:

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import queue, state
+from orchestrator import binding, queue, state
 from orchestrator.db import session_scope, utcnow
 from orchestrator.models import Batch, Delivery, Job, JobEvent, JobState
 from orchestrator.sandbox import FAL_DEV_KEY, RUNWARE_DEV_KEY, FalSandbox, Faults, RunwareSandbox
@@ -289,8 +289,10 @@ def test_wait_policy_holds_a_fal_job_for_the_webhook_window(ctx: Context, sessio
 def test_a_callback_whose_message_was_lost_stops_the_resubmit_and_is_adopted(
         ctx: Context, sessions: sessionmaker[Session], fal: FalSandbox) -> None:
     # Attempt 1's submit answer was lost long ago (past the "resubmit" wait, twice over). Its
-    # callback then came, but the worker that took its message was killed, so the delivery was
-    # never examined. That callback says fal accepted the request: resubmitting would pay twice.
+    # callback then came (held by the receiver: the attempt's request id is unknown), but the
+    # worker that took its message was killed before checking it with fal. That callback says fal
+    # accepted the request: resubmitting would pay twice. (The hold used to end 2 x the wait
+    # after the submit, so a callback arriving later was resubmitted past.)
     with session_scope(sessions) as s:
         batch, (job,) = make_batch(s, [JobState.submitting], attempt=1,
                                    submit_started_at=utcnow() - timedelta(minutes=30))
@@ -299,13 +301,13 @@ def test_a_callback_whose_message_was_lost_stops_the_resubmit_and_is_adopted(
     delivery_id = _deliver(sessions, job_id, 1, _fal_ok(_fal_request(fal)))
     with session_scope(sessions) as s:
         s.execute(sa.update(Delivery).where(Delivery.id == delivery_id)
-                  .values(received_at=utcnow() - timedelta(seconds=10)))
+                  .values(received_at=utcnow() - timedelta(seconds=10), outcome=binding.HELD))
     redis.Redis.from_url(REDIS_URL).delete(queue.QUEUES[queue.PROCESS_DELIVERY])
     _settle_unknown(ctx, utcnow())
     with sessions() as s:
         assert s.get(Job, job_id).state is JobState.submitting  # type: ignore[union-attr]
     assert not [e for e in _events(sessions, job_id) if e.kind == "unknown_outcome_resubmit"]
-    # The sweep has the unexamined delivery examined again now, not at the 30 s replay.
+    # The sweep has the held delivery checked again now, not at the 30 s replay.
     assert [str(delivery_id)] in _broker_messages(queue.PROCESS_DELIVERY)
     assert process(ctx, delivery_id) == "storing"
     with sessions() as s:
