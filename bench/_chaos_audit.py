@@ -88,14 +88,15 @@ def audit(db_url: str, api_url: str, token: str, ledgers: dict[str, dict[str, An
                                     .where(JobEvent.kind == "earlier_result_adopted")) or 0
             # When each job took a result (left waiting for storing), and when each attempt's
             # first verified callback reached us.
-            took = dict(conn.execute(sa.select(JobEvent.job_id, sa.func.min(JobEvent.created_at))
-                                     .where(JobEvent.to_state == "storing").group_by(JobEvent.job_id)).all())
+            took = {str(j): t for j, t in conn.execute(sa.select(JobEvent.job_id, sa.func.min(JobEvent.created_at))
+                                                       .where(JobEvent.to_state == "storing")
+                                                       .group_by(JobEvent.job_id)).all()}
             arrived = {(str(j), n): t for j, n, t in conn.execute(
                 sa.select(Delivery.job_id, Delivery.attempt, sa.func.min(Delivery.received_at))
                 .where(Delivery.verified.is_(True)).group_by(Delivery.job_id, Delivery.attempt)).all()}
         _jobs(a, jobs, batches)
         _payments(a, jobs, ledgers, resubmits)
-        _discarded(a, jobs, ledgers, assets, {str(j): t for j, t in took.items()}, arrived)
+        _discarded(a, jobs, ledgers, assets, took, arrived)
         _assets(a, jobs, assets, storage)
         _counters(a, jobs, batches)
         _manifests(a, api_url, token, batches, jobs, assets)
