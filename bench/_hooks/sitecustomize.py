@@ -93,6 +93,11 @@ def _install(folder: str) -> None:
     os.register_at_fork(after_in_child=after_fork)
 
 
+if os.environ.get("BENCH_TRACEMALLOC_DIR"):  # bench/memory.py --tracemalloc
+    import bench_tracemalloc
+
+    bench_tracemalloc.install(os.environ["BENCH_TRACEMALLOC_DIR"])
+
 if _DIR:
     try:
         _install(_DIR)
