@@ -26,10 +26,9 @@ import httpx
 import redis
 import sqlalchemy as sa
 
-from orchestrator import auth, scratch_db, webhook_urls
+from orchestrator import auth, netutil, scratch_db, webhook_urls
 from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.models import FINAL_BATCH, Asset, Delivery, Job
-from orchestrator.netutil import free_port
 from orchestrator.sandbox import FalConfig, FalSandbox, Faults, sandbox_env
 
 ADMIN_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -37,6 +36,9 @@ ADMIN_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql+psycopg://postgres@12
 # stack starts, so by default a benchmark uses its own database and can run next to the tests.
 REDIS_URL = os.environ.get("ORCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+# BENCH_PORTS=LOW-HIGH keeps every server a benchmark starts inside one engineer's port range.
+_PORTS = os.environ.get("BENCH_PORTS", "")
 _TASK_DONE = re.compile(r"Task workers\.([\w.]+)\[[^\]]+\] succeeded in ([0-9.e-]+)s")
 
 
@@ -63,6 +65,17 @@ def create_api_key(db_url: str, tenant: str = "bench") -> str:
         _, token = auth.create_key(session, tenant)
     engine.dispose()
     return token
+
+
+def free_port() -> int:
+    """A free loopback port: in BENCH_PORTS (LOW-HIGH, inclusive) if set, else orchestrator.netutil's."""
+    if not _PORTS:
+        return netutil.free_port()
+    low, high = (int(v) for v in _PORTS.split("-"))
+    for port in range(low, high + 1):
+        if netutil.port_is_free(port):
+            return port
+    raise SystemExit(f"no free port in BENCH_PORTS={_PORTS}")
 
 
 # --- processes -----------------------------------------------------------------------------
@@ -122,9 +135,8 @@ def spawn(name: str, args: Sequence[str], env: dict[str, str], tmp: Path) -> Pro
     return Proc(name, popen, log)
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU seconds (utime + stime + cutime + cstime) of every process in group `pgid`."""
-    ticks = 0
+def group_members(pgid: int) -> Iterator[tuple[Path, list[str]]]:
+    """(/proc/<pid>, its stat fields after the name) of every live process in group `pgid`."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -134,8 +146,24 @@ def group_cpu_seconds(pgid: int) -> float:
             continue  # exited while we looked
         fields = raw[raw.rindex(")") + 2:].split()  # fields[k] is stat field k + 3 (1-based)
         if int(fields[2]) == pgid:
-            ticks += sum(int(v) for v in fields[11:15])
+            yield entry, fields
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (utime + stime + cutime + cstime) of every process in group `pgid`."""
+    ticks = sum(sum(int(v) for v in fields[11:15]) for _, fields in group_members(pgid))
     return ticks / CLK_TCK
+
+
+def group_rss(pgid: int) -> int:
+    """Resident bytes of every process in group `pgid` (VmRSS, from statm)."""
+    total = 0
+    for entry, _ in group_members(pgid):
+        try:
+            total += int((entry / "statm").read_text().split()[1]) * PAGE_BYTES
+        except OSError:
+            continue  # exited while we looked
+    return total
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -465,6 +493,7 @@ class Timeline:
     received: float | None  # our receiver stored the delivery (deliveries.received_at)
     processed: float | None  # a worker reconciled the delivery (deliveries.processed_at)
     stored: float | None  # the last image was stored (assets.stored_at)
+    answered: float | None = None  # our receiver's 2xx reached the provider (sandbox ledger, first webhook)
 
 
 def job_of(url: str | None) -> str | None:
@@ -486,9 +515,15 @@ def timelines(db_url: str, ledger: Any) -> dict[str, Timeline]:
     """Per job: the sandbox's view (submit, completion) joined with the database's."""
     submitted = {job_of(s.get("webhook_url")): s["time"] for s in accepted(ledger)}
     completed: dict[str | None, float] = {}
+    answered: dict[str | None, float] = {}
     for d in ledger.webhooks():
         if d.get("attempt") == 1 and not d.get("copy"):
+            # The sandbox starts a webhook as the generation completes; its ledger entry is written
+            # when the attempt ends, `duration` after the start (connection wait included).
             completed[job_of(d["url"])] = d["time"] - (d.get("duration") or 0.0)
+        if d.get("outcome") == "delivered":
+            job = job_of(d["url"])
+            answered[job] = min(d["time"], answered.get(job, d["time"]))
     engine = make_engine(db_url)
     with engine.connect() as conn:
         received = dict(conn.execute(sa.select(Delivery.job_id, sa.func.min(Delivery.received_at))
@@ -499,7 +534,7 @@ def timelines(db_url: str, ledger: Any) -> dict[str, Timeline]:
         jobs = conn.execute(sa.select(Job.id)).scalars().all()
     engine.dispose()
     return {str(j): Timeline(submitted.get(str(j)), completed.get(str(j)), _ts(received.get(j)),
-                             _ts(processed.get(j)), _ts(stored.get(j))) for j in jobs}
+                             _ts(processed.get(j)), _ts(stored.get(j)), answered.get(str(j))) for j in jobs}
 
 
 def spans(lines: dict[str, Timeline], start: str, end: str) -> list[float]:
