@@ -26,6 +26,11 @@ pg_stat_database, broker messages (LPUSH) and all Redis commands from INFO comma
 CPU seconds are those of the orchestrator's processes (API + workers) or of the baseline script,
 counted from just before the first request to the end (start-up excluded); the sandbox's CPU is
 never counted. The orchestrator's per-job timeline shows where the slot time goes.
+
+The completion -> stored table is issue 13's hot-path figure in this topology: per job, from the
+sandbox starting the job's first webhook (the generation has finished) to assets.stored_at, split
+at the sandbox seeing the receiver's 2xx and at deliveries.processed_at; each run's p50 and p99,
+and their median over the runs.
 """
 
 from __future__ import annotations
@@ -242,6 +247,37 @@ def print_timeline(result: common.BatchRun, lines: dict[str, common.Timeline]) -
               f"{max(stores) - max(completions):.2f} s")
 
 
+# Issue 13's hot-path target, per job: provider completion -> image stored, p50 < 150 ms, p99 < 500 ms.
+LATENCY_STEPS = [("provider completed -> image stored", "completed", "stored"),
+                 ("  completed -> webhook answered (verified, stored, queued, 2xx)", "completed", "answered"),
+                 ("  answered -> delivery processed (queued, reconciled)", "answered", "processed"),
+                 ("  processed -> image stored (download, verify, upload)", "processed", "stored")]
+
+
+def latency_figures(lines: dict[str, common.Timeline]) -> dict[str, tuple[int, float, float]]:
+    """Per step of LATENCY_STEPS: (jobs, p50 ms, p99 ms) of one run."""
+    out = {}
+    for label, start, end in LATENCY_STEPS:
+        ms = [v * 1000 for v in common.spans(lines, start, end)]
+        out[label] = (len(ms), common.percentile(ms, 50), common.percentile(ms, 99))
+    return out
+
+
+def print_latency(figures: list[dict[str, tuple[int, float, float]]]) -> None:
+    """Completion -> stored and its steps: the median over the runs of each run's p50 and p99."""
+    print(f"\nProvider completion -> image stored, per job (ms; target p50 < 150, p99 < 500); median of "
+          f"{len(figures)} run(s)' p50 and p99. Completion: the sandbox starting its first webhook; answered: "
+          "its 2xx back at the sandbox; a worker may process the delivery before the 2xx arrives (negative "
+          "step)")
+    rows = []
+    for label, _, _ in LATENCY_STEPS:
+        per = [f[label] for f in figures]
+        rows.append([label, int(statistics.median(p[0] for p in per)), statistics.median(p[1] for p in per),
+                     statistics.median(p[2] for p in per), " / ".join(f"{p[1]:.0f}" for p in per),
+                     " / ".join(f"{p[2]:.0f}" for p in per)])
+    common.print_table(["step", "jobs", "p50 ms", "p99 ms", "p50 per run", "p99 per run"], rows)
+
+
 def parse_args(argv: list[str] | None) -> Options:
     """Options from the command line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -274,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     bases: list[Run] = []
     orchs: list[Run] = []
     ios: list[dict[str, float]] = []
+    latencies: list[dict[str, tuple[int, float, float]]] = []
     last: tuple[common.BatchRun, dict[str, common.Timeline]] | None = None
     for i in range(opts.repeat):
         common.note(f"round {i + 1} of {opts.repeat}")
@@ -283,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
             orch, result, lines = run_orchestrator(opts, db_url, Path(tmp))
         orchs.append(orch)
         ios.append(result.io or {})
+        latencies.append(latency_figures(lines))
         last = (result, lines)
     assert last is not None
     result, lines = last
@@ -292,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     print_io(opts, ios)
     print("orchestrator CPU s by process (last run): " + ", ".join(f"{k} {v:.1f}" for k, v in result.cpu.items()))
     print_timeline(result, lines)
+    print_latency(latencies)
     common.print_task_table(result, opts.workers * opts.worker_concurrency)
     if result.problems:
         print(f"\n{len(result.problems)} error line(s) in the orchestrator's logs, first ones:")
