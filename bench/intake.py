@@ -51,7 +51,6 @@ from orchestrator.models import Batch, BatchState, Job
 from orchestrator.netutil import free_port
 from orchestrator.settings import Settings
 
-BROKER_URL = "redis://127.0.0.1:6379/9"
 TENANT = "bench"
 # Column order for the raw methods: every key batches.job_rows produces, then the columns the
 # app's INSERT fills from the model's Python-side defaults (provider_meta), so the rows are equal.
@@ -80,9 +79,9 @@ def make_body(items: int) -> bytes:
     return json.dumps({"name": "bench", "lane": "bulk", "items": rows}).encode()
 
 
-def bench_settings(url: str, data_dir: Path, items: int, body_bytes: int) -> Settings:
+def bench_settings(url: str, redis_url: str, data_dir: Path, items: int, body_bytes: int) -> Settings:
     """Settings for the API under test: the scratch database, a local Redis, a private data dir."""
-    return Settings(database_url=url, broker_url=BROKER_URL, data_dir=data_dir, secret_key=SecretStr("bench"),
+    return Settings(database_url=url, broker_url=redis_url, data_dir=data_dir, secret_key=SecretStr("bench"),
                     max_items_per_batch=max(items, 100_000), max_body_bytes=max(2 * body_bytes, 64 << 20))
 
 
@@ -260,13 +259,14 @@ def check_columns() -> None:
         raise SystemExit(f"bench/intake.py: JOB_COLUMNS lacks {sorted(missing)}")
 
 
-def run(items: int, repeat: int, profile: bool) -> None:
+def run(items: int, repeat: int, profile: bool, redis_url: str) -> None:
     """Everything, against one scratch database."""
     check_columns()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
     body = make_body(items)
     with common.scratch_database() as url, tempfile.TemporaryDirectory() as tmp:
-        settings = bench_settings(url, Path(tmp), items, len(body))
+        common.flush_redis(redis_url)  # the API's dispatch nudges land here; nothing consumes them
+        settings = bench_settings(url, redis_url, Path(tmp), items, len(body))
         # Plan once outside any timing: the baselines insert exactly the rows the API would.
         plan = intake.plan(intake.parse_json(body, settings.max_items_per_batch), settings.max_items_per_batch)
         engine = make_engine(url)
@@ -301,8 +301,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=100_000, help="items in the batch (default 100000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per method; the best is reported")
     parser.add_argument("--profile", action="store_true", help="also cProfile one API request")
+    parser.add_argument("--redis-url", default=common.REDIS_URL,
+                        help="the broker the API publishes to; flushed (default ORCH_BENCH_REDIS_URL or db 12)")
     args = parser.parse_args(argv)
-    run(args.items, args.repeat, args.profile)
+    run(args.items, args.repeat, args.profile, args.redis_url)
 
 
 if __name__ == "__main__":

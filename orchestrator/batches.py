@@ -10,12 +10,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, object_session
 
-from orchestrator import budget, pricing, state
+from orchestrator import budget, bulk, pricing, state
 from orchestrator.db import JSONType, Timestamp, iso, new_id, utcnow
 from orchestrator.errors import Conflict
 from orchestrator.intake import Plan
@@ -132,10 +132,9 @@ def job_rows(batch: Batch, plan: Plan, now: datetime, extras: Extras | None = No
 
 def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime, extras: Extras | None = None,
                 costs: Mapping[int, Decimal] | None = None) -> None:
-    """Bulk-insert the jobs of a new batch (executemany in pages), with reused images as assets."""
+    """Bulk-insert the jobs of a new batch (COPY on Postgres), with reused images as assets."""
     rows = job_rows(batch, plan, now, extras, costs)
-    for start in range(0, len(rows), 5000):
-        session.execute(sa.insert(Job), rows[start:start + 5000])
+    bulk.insert_rows(session, Job, rows)
     if extras and extras.reused:
         by_position = {r["position"]: r["id"] for r in rows}
         assets = [{"id": new_id(), "job_id": by_position[position], "index": im["index"],
@@ -144,9 +143,7 @@ def insert_jobs(session: Session, batch: Batch, plan: Plan, now: datetime, extra
                    "seed": im.get("seed"), "cost": Decimal(0), "cost_source": "priced", "created_at": now,
                    "stored_at": now}
                   for position, images in extras.reused.items() for im in images]
-        table = cast(sa.Table, Asset.__table__)
-        for start in range(0, len(assets), 5000):
-            session.execute(sa.insert(table), assets[start:start + 5000])
+        bulk.insert_rows(session, Asset, assets)
         # One server-side statement for the timeline of every reused job (no row per job from here).
         detail = {"reason": "content unchanged: the stored image is reused (see the job's catalog_ref)"}
         source = sa.select(Job.id, sa.literal("unchanged"), sa.literal(0), sa.literal(JobState.succeeded.value),
