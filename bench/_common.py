@@ -302,6 +302,11 @@ def run_batch(db_url: str, redis_url: str, tmp: Path, sandbox: Any, items: list[
         busy = busy_percent(machine0, machine_cpu())
         time.sleep(0.5)  # the counter files are rewritten every 0.2 s
         io1 = counters.read()
+        if os.environ.get("BENCH_SQLSTATS_DETAIL"):
+            top = sorted(counters.shapes().items(), key=lambda kv: -kv[1])[:60]
+            print(f"\nstatement shapes per job ({len(items)} jobs, start-up included)")
+            for text, n in top:
+                print(f"{n / len(items):7.2f}  {text}")
     finally:
         for proc in procs:
             proc.stop()
@@ -349,6 +354,8 @@ class IoCounters:
         """Driver-side totals over every process so far, plus Redis command counts."""
         out: dict[str, float] = {}
         for path in self.folder.glob("*.json"):
+            if path.name.endswith(".shapes.json"):
+                continue
             try:
                 data = json.loads(path.read_text())
             except (OSError, ValueError):
@@ -364,6 +371,18 @@ class IoCounters:
         out["redis_commands"] = sum(v["calls"] for v in stats.values())
         # kombu's Redis transport publishes a task with one LPUSH to the queue's list.
         out["broker_messages"] = sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("lpush", "rpush"))
+        return out
+
+    def shapes(self) -> dict[str, int]:
+        """Statement shapes over every process (BENCH_SQLSTATS_DETAIL=1 only; start-up included)."""
+        out: dict[str, int] = {}
+        for path in self.folder.glob("*.shapes.json"):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            for key, value in data.items():
+                out[key] = out.get(key, 0) + value
         return out
 
     def _server(self) -> dict[str, float]:

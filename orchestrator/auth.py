@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator.db import utcnow
+from orchestrator.db import as_utc, utcnow
 from orchestrator.models import ApiKey
 
 PREFIX = "orch_"
@@ -41,9 +42,15 @@ def authenticate(session: Session, token: str) -> ApiKey | None:
     key = session.execute(
         sa.select(ApiKey).where(ApiKey.secret_hash == hash_secret(token), ApiKey.revoked.is_(False))
     ).scalar_one_or_none()
-    if key is not None:
-        key.last_used_at = utcnow()
+    now = utcnow()
+    if key is not None and (key.last_used_at is None or as_utc(key.last_used_at) < now - LAST_USED_RESOLUTION):
+        # "Last used" to the minute: a client polling several times a second would otherwise
+        # write its key's row on every request.
+        key.last_used_at = now
     return key
+
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def revoke(session: Session, prefix: str) -> int:

@@ -79,24 +79,27 @@ class _Cap:
     spent: Decimal
 
 
-def admit(session: Session, job_ids: Sequence[uuid.UUID], now: datetime, recheck_seconds: float) -> list[uuid.UUID]:
+def admit(session: Session, due: Sequence[Any], now: datetime, recheck_seconds: float) -> list[uuid.UUID]:
     """The row-locked queued jobs (in claim order) whose estimates fit every cap; the rest are held.
 
-    Held jobs get the reason `budget` (on their timeline the first time) and come due again after
-    `recheck_seconds`, when a finished, failed or cheaper job, a new day or a raised cap may let them go.
+    `due` are the rows of `candidates(...)`: each job with the facts the caps need, so the common
+    case (no cap anywhere) costs no statement at all. Held jobs get the reason `budget` (on their
+    timeline the first time) and come due again after `recheck_seconds`, when a finished, failed
+    or cheaper job, a new day or a raised cap may let them go.
     """
-    if not job_ids:
+    if not due:
         return []
-    rows = {r.id: r for r in session.execute(
-        sa.select(Job.id, Job.tenant, Job.batch_id, Job.estimated_cost, Job.hold_reason, Job.attempt,
-                  Batch.max_cost_usd).join(Batch, Batch.id == Job.batch_id).where(Job.id.in_(job_ids))).all()}
+    rows = {r.id: r for r in due}
+    job_ids = [r.id for r in due]
+    if not any(r.has_budget or r.max_cost_usd is not None for r in due):
+        return job_ids  # nothing capped: the common case
     # Locks in a fixed order (tenants, then batches by id, as state.claim does): no cycles between claimers.
     budgets = {b.tenant: b for b in session.scalars(
         sa.select(TenantBudget).where(TenantBudget.tenant.in_({r.tenant for r in rows.values()}))
         .order_by(TenantBudget.tenant).with_for_update())}
     capped = sorted({r.batch_id for r in rows.values() if r.max_cost_usd is not None})
     if not budgets and not capped:
-        return list(job_ids)  # nothing capped: the common case costs two indexed lookups
+        return job_ids
     batch_caps = dict(session.execute(sa.select(Batch.id, Batch.max_cost_usd).where(Batch.id.in_(capped))
                                       .order_by(Batch.id).with_for_update()).all())
     caps: dict[object, list[_Cap]] = {}
@@ -140,6 +143,13 @@ def _mark(session: Session, admitted: list[uuid.UUID], held: list[tuple[Any, _Ca
              "detail": {"reason": HELD, "cap": cap.name, "limit": float(cap.limit),
                         "spent": float(usd(cap.spent)), "estimated_cost": float(est)}}
             for r, cap, est in fresh])
+
+
+def admit_columns() -> tuple[Any, ...]:
+    """What `admit` needs of each due job, selected by the claim query itself (jobs joined to batches)."""
+    has_budget = sa.exists().where(TenantBudget.tenant == Job.tenant)
+    return (Job.id, Job.tenant, Job.batch_id, Job.estimated_cost, Job.hold_reason, Job.attempt,
+            Batch.max_cost_usd, has_budget.label("has_budget"))
 
 
 def held_counts(session: Session, batch_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, int]:

@@ -135,6 +135,8 @@ def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None
+    # Postgres's gen_random_uuid(), so one claim statement serves both backends.
+    dbapi_conn.create_function("gen_random_uuid", 0, lambda: str(uuid.uuid4()))
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")

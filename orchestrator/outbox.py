@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
+from orchestrator.models import Asset, Job
+
 
 @dataclass
 class Outbox:
@@ -20,13 +22,14 @@ class Outbox:
 
     freed: providers whose in-flight count went down (a claim round should follow at once).
     due: provider -> seconds until a job re-queued in this transaction is due again.
-    storing: jobs whose results arrived (their store step follows).
+    storing: jobs whose results arrived (their store step follows), each with the job and its
+        images as the transaction saw them when it has them (so the store step reads nothing).
     finished: batches that took their final state (each owes a completion notice).
     """
 
     freed: set[str] = field(default_factory=set)
     due: dict[str, float] = field(default_factory=dict)
-    storing: set[uuid.UUID] = field(default_factory=set)
+    storing: dict[uuid.UUID, tuple[Job, list[Asset]] | None] = field(default_factory=dict)
     finished: set[uuid.UUID] = field(default_factory=set)
 
     def __bool__(self) -> bool:

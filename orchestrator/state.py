@@ -87,6 +87,7 @@ def transition(
     cost: Decimal | None = None,
     where: Iterable[sa.ColumnElement[bool]] = (),
     attempt: int | None = None,
+    locked: Job | Known | None = None,
 ) -> Transition:
     """Move one job to `to_state` if allowed; a disallowed or lost move changes nothing.
 
@@ -95,13 +96,18 @@ def transition(
     so a decision made from columns (the attempt, the submit intent) cannot act on a job that
     changed since it was read.
     `values` are extra job columns to set in the same UPDATE. `attempt`, when given, must be
-    the job's current attempt.
+    the job's current attempt. `locked` is the job as the caller knows it (loaded under its row
+    lock in this transaction, or a snapshot whose state and attempt the UPDATE then re-checks):
+    the row is not read again, and if it has moved on since, nothing changes.
     """
     guard = list(where)
-    row = session.execute(
-        sa.select(Job.state, Job.batch_id, Job.attempt, Job.provider).where(Job.id == job_id, *guard)
-        .with_for_update()
-    ).one_or_none()
+    if locked is not None:
+        row: Any = Known(locked.state, locked.batch_id, locked.attempt, locked.provider)
+    else:
+        row = session.execute(
+            sa.select(Job.state, Job.batch_id, Job.attempt, Job.provider).where(Job.id == job_id, *guard)
+            .with_for_update()
+        ).one_or_none()
     if row is None:
         return Transition(False, None)
     current, batch_id = JobState(row.state), row.batch_id
@@ -118,6 +124,8 @@ def transition(
         updates.setdefault("completed_at", now)
     if cost is not None:
         updates["cost"] = cost
+    if locked is not None:
+        guard.append(Job.attempt == locked.attempt)
     result = session.execute(
         sa.update(Job).where(Job.id == job_id, Job.state == current, *guard).values(**updates)
     )
@@ -133,10 +141,20 @@ def transition(
     return Transition(True, current)
 
 
+@dataclass(frozen=True)
+class Known:
+    """A job as a caller knows it, for `transition(locked=...)` when it holds no ORM object."""
+
+    state: JobState
+    batch_id: uuid.UUID
+    attempt: int
+    provider: str
+
+
 def fail(session: Session, job_id: uuid.UUID, code: str, message: str, *, detail: dict[str, Any] | None = None,
-         expect: Iterable[JobState] | None = None) -> Transition:
+         expect: Iterable[JobState] | None = None, locked: Job | Known | None = None) -> Transition:
     """Fail a job with an error code and message for the client (the one way a job is failed)."""
-    return transition(session, job_id, FAIL, kind="failed", detail=detail, expect=expect,
+    return transition(session, job_id, FAIL, kind="failed", detail=detail, expect=expect, locked=locked,
                       values={"error_code": code, "error_message": message})
 
 
@@ -146,20 +164,24 @@ def _note_consequences(session: Session, job_id: uuid.UUID, current: JobState, t
     if current in IN_FLIGHT and to_state not in IN_FLIGHT:
         box.freed.add(provider)
     if to_state is ST:
-        box.storing.add(job_id)
+        box.storing.setdefault(job_id, None)
     if to_state is Q:
         due = updates.get("next_attempt_at")
         box.queued(str(updates.get("provider", provider)), (due - now).total_seconds() if due else 0.0)
 
 
-def claim(session: Session, due: sa.Select[Any] | list[uuid.UUID], now: datetime,
-          provider: str) -> list[tuple[uuid.UUID, int]]:
-    """Move queued jobs to submitting in one statement; returns (job id, new attempt).
+def claim(session: Session, due: sa.Select[Any] | list[uuid.UUID], now: datetime, provider: str) -> list[Any]:
+    """Move queued jobs to submitting in one statement, with their submit intent; returns the
+    claimed rows (id, new attempt, and what the submit needs: provider, model, params, lane, task id).
 
     `due` is a query of job ids (admission's claim-order query) or a list of ids. The bulk form
     of queued -> submitting, so a claimer holds its account lock briefly: one UPDATE (which
     re-checks `queued` under each row's lock, so a job a concurrent cancel took is skipped),
     one batch of timeline rows, one counter update per batch.
+
+    The intent (`submit_started_at`, and the attempt's own task id, the UUID Runware knows it by)
+    is committed with the claim: the claimer sends right after this commit, so from here on the
+    attempt may have reached the provider and is never resent blindly (workers.dispatch).
     """
     if isinstance(due, list) and not due:
         return []
@@ -168,9 +190,11 @@ def claim(session: Session, due: sa.Select[Any] | list[uuid.UUID], now: datetime
     picked = Job.id == due.cte("due").c.id if isinstance(due, sa.Select) else Job.id.in_(due)
     rows = session.execute(
         sa.update(Job).where(picked, Job.state == Q)
-        .values(state=SI, attempt=Job.attempt + 1, updated_at=now, submit_started_at=None, task_id=None,
-                provider_request_id=None, provider_meta={}, submitted_at=None)
-        .returning(Job.id, Job.attempt, Job.batch_id).execution_options(synchronize_session=False)
+        .values(state=SI, attempt=Job.attempt + 1, updated_at=now, submit_started_at=now,
+                task_id=sa.cast(sa.func.gen_random_uuid(), sa.String), provider_request_id=None,
+                provider_meta={}, submitted_at=None)
+        .returning(Job.id, Job.attempt, Job.batch_id, Job.provider, Job.model, Job.params, Job.lane, Job.task_id)
+        .execution_options(synchronize_session=False)
     ).all()
     if not rows:
         return []
@@ -182,7 +206,8 @@ def claim(session: Session, due: sa.Select[Any] | list[uuid.UUID], now: datetime
         per_batch[r.batch_id] = per_batch.get(r.batch_id, 0) + 1
     for batch_id, n in sorted(per_batch.items()):  # a stable order: no lock cycles between claimers
         shift_counts(session, batch_id, {Q: -n, SI: n}, now=now)
-    return [(r.id, r.attempt) for r in rows]
+    order = {job_id: i for i, job_id in enumerate(due)} if isinstance(due, list) else None
+    return sorted(rows, key=lambda r: order[r.id]) if order else list(rows)
 
 
 def record(session: Session, job_id: uuid.UUID, kind: str, attempt: int = 0, **detail: Any) -> None:

@@ -15,16 +15,16 @@ however deep the queue is. Every free slot is taken under one lock.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from orchestrator import budget, state
 from orchestrator.db import as_utc, upsert_insert, utcnow
-from orchestrator.models import Job, JobState, ProviderAccount
+from orchestrator.models import Batch, Job, JobState, ProviderAccount
 from orchestrator.settings import Settings
 
 IN_FLIGHT = (JobState.submitting, JobState.submitted)
@@ -37,6 +37,8 @@ class Claim:
 
     jobs: list[tuple[uuid.UUID, int]]
     retry_in: float | None = None
+    # The claimed rows with what their submit needs (state.claim's RETURNING), in claim order.
+    rows: list[Any] = field(default_factory=list)
 
 
 def account(session: Session, provider: str, *, skip_locked: bool = False) -> ProviderAccount | None:
@@ -77,15 +79,13 @@ def in_flight(session: Session, provider: str) -> int:
                           .where(Job.provider == provider, Job.state.in_(IN_FLIGHT))) or 0
 
 
-def due_jobs(provider: str, now: datetime, n: int) -> sa.Select[tuple[uuid.UUID]]:
-    """The next `n` due jobs of a provider in claim order (an index range scan of ix_jobs_claim).
-
-    Extra per-job conditions (caps, tenants) can be added with `.where(...)` on the result.
-    """
-    return (sa.select(Job.id)
+def due_jobs(provider: str, now: datetime, n: int) -> sa.Select[Any]:
+    """The next `n` due jobs of a provider in claim order (an index range scan of ix_jobs_claim),
+    row-locked, with what the budget caps need to know of each (orchestrator.budget.admit)."""
+    return (sa.select(*budget.admit_columns()).join(Batch, Batch.id == Job.batch_id)
             .where(Job.provider == provider, Job.state == JobState.queued, Job.next_attempt_at <= now)
             .order_by(Job.lane.desc(), Job.next_attempt_at, Job.position)  # "interactive" > "bulk"
-            .limit(n).with_for_update(skip_locked=True))
+            .limit(n).with_for_update(of=Job, skip_locked=True))
 
 
 def claim(session: Session, settings: Settings, provider: str, now: datetime, max_claim: int = 32,
@@ -109,24 +109,27 @@ def claim(session: Session, settings: Settings, provider: str, now: datetime, ma
     limit, rate = settings.provider_limits(provider)
     burst = max(1.0, rate)
     elapsed = max(0.0, (now - as_utc(acct.refilled_at)).total_seconds())
+    # The bucket is written only when tokens are taken: untouched, (tokens, refilled_at) describe
+    # the same bucket at any later time, so a round that claims nothing writes nothing.
     tokens = min(burst, acct.tokens + elapsed * rate)
-    acct.tokens, acct.refilled_at = tokens, now
     slots = limit - in_flight(session, provider)
     n = min(slots, int(tokens), max_claim)
     if n <= 0:
         # Slot-limited: a finishing job kicks dispatch. Token-limited: come back when one accrues.
         return Claim([], None if slots <= 0 else (1.0 - tokens) / rate)
-    due = list(session.execute(due_jobs(provider, now, n)).scalars())
+    due = session.execute(due_jobs(provider, now, n)).all()
     # Budget caps (batch max_cost_usd, tenant day/month): jobs that do not fit stay queued, held.
-    claimed = state.claim(session, budget.admit(session, due, now, settings.budget_recheck_seconds), now, provider)
-    acct.tokens = tokens - len(claimed)
+    rows = state.claim(session, budget.admit(session, due, now, settings.budget_recheck_seconds), now, provider)
+    if rows:
+        acct.tokens, acct.refilled_at = tokens - len(rows), now
+    claimed = [(r.id, r.attempt) for r in rows]
     if len(due) < n:
-        return Claim(claimed)  # nothing more is due right now
+        return Claim(claimed, rows=rows)  # nothing more is due right now
     if n == max_claim and slots > n and tokens - n >= 1:
-        return Claim(claimed, 0.0)  # more fits at once: claim the next page
+        return Claim(claimed, 0.0, rows)  # more fits at once: claim the next page
     if int(tokens) < slots:
-        return Claim(claimed, 1.0 / rate)  # token-limited: come back when a token accrues
-    return Claim(claimed)  # slot-limited: a finishing job kicks dispatch
+        return Claim(claimed, 1.0 / rate, rows)  # token-limited: come back when a token accrues
+    return Claim(claimed, rows=rows)  # slot-limited: a finishing job kicks dispatch
 
 
 def block(session: Session, provider: str, seconds: float, now: datetime) -> None:

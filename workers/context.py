@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator import metrics, outbox, queue
 from orchestrator.db import make_engine, session_scope
+from orchestrator.models import Asset, Job
 from orchestrator.netpolicy import AddressPolicy, guarded_client
 from orchestrator.services import Services
 from orchestrator.settings import get_settings
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 MAX_COUNTDOWN = 300.0
 TALLY_FLUSH_SECONDS = 1.0
 SlotHandler = Callable[["Context", str], None]
-StoreHandler = Callable[["Context", uuid.UUID], None]
+StoreHandler = Callable[["Context", uuid.UUID, "tuple[Job, list[Asset]] | None"], None]
 _slot_handlers: list[SlotHandler] = []
 _store_handlers: list[StoreHandler] = []
 
@@ -121,7 +122,7 @@ class Context(Services):
             if not _store_handlers:
                 self.publisher.send(queue.STORE_JOB, str(job_id))
             for handler in _store_handlers:
-                handler(self, job_id)
+                handler(self, job_id, box.storing[job_id])
 
     def _refill(self, providers: set[str]) -> None:
         """Run the slot handlers now; a refill freeing more slots is queued, not nested."""

@@ -71,6 +71,12 @@ def process(c: Context, delivery_id: uuid.UUID) -> str:
 
 def _locked(session: Session, delivery_id: uuid.UUID) -> tuple[Delivery, Job] | str:
     """The unprocessed verified delivery and its job, both row-locked; or why there is nothing to do."""
+    both = session.execute(sa.select(Delivery, Job).join(Job, Job.id == Delivery.job_id)
+                           .where(Delivery.id == delivery_id, Delivery.processed_at.is_(None),
+                                  Delivery.verified.is_(True))
+                           .with_for_update().execution_options(populate_existing=True)).one_or_none()
+    if both is not None:
+        return both[0], both[1]  # the usual case: one statement locks both rows
     delivery = session.execute(sa.select(Delivery).where(Delivery.id == delivery_id).with_for_update()
                                ).scalar_one_or_none()
     if delivery is None or delivery.processed_at is not None or not delivery.verified or not delivery.job_id:

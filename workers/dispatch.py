@@ -13,6 +13,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from celery import shared_task
@@ -56,8 +57,8 @@ def dispatch_provider(c: Context, provider: str, *, wait: bool = False) -> int:
     return len(claimed)
 
 
-def claim_round(c: Context, provider: str, *, wait: bool = False) -> list[tuple[uuid.UUID, int]]:
-    """Claim what the account's limits allow, in one short transaction.
+def claim_round(c: Context, provider: str, *, wait: bool = False) -> list[Any]:
+    """Claim what the account's limits allow, with each attempt's submit intent, in one short transaction.
 
     `wait` queues behind a concurrent claimer's account lock instead of skipping: a worker that
     has just freed a slot uses it, since the holder may have counted before that slot was free.
@@ -67,14 +68,14 @@ def claim_round(c: Context, provider: str, *, wait: bool = False) -> list[tuple[
         if result.retry_in is not None:
             c.publisher.after_commit(session, queue.DISPATCH, provider,
                                      countdown=min(MAX_COUNTDOWN, result.retry_in))
-    return result.jobs
+    return result.rows
 
 
-def submit_claimed(c: Context, claimed: list[tuple[uuid.UUID, int]]) -> dict[uuid.UUID, Submit | Retry]:
-    """Submit a claim round's jobs concurrently (one pooled HTTP client), no broker message between."""
+def submit_claimed(c: Context, claimed: list[Any]) -> dict[uuid.UUID, Submit | Retry]:
+    """Send a claim round's jobs concurrently (one pooled HTTP client), no broker message between."""
     if len(claimed) <= 1:
-        return {job_id: submit(c, job_id, attempt) for job_id, attempt in claimed}
-    futures = {job_id: c.submit_pool.submit(submit, c, job_id, attempt) for job_id, attempt in claimed}
+        return {job.id: send(c, job) for job in claimed}
+    futures = {job.id: c.submit_pool.submit(send, c, job) for job in claimed}
     return {job_id: future.result() for job_id, future in futures.items()}
 
 
@@ -99,7 +100,7 @@ def refill(c: Context, provider: str) -> None:
     """
     slot = _refills.setdefault(provider, _Refill())
     slot.again = True
-    claimed: list[tuple[uuid.UUID, int]] = []
+    claimed: list[Any] = []
     while slot.again:
         if not slot.lock.acquire(blocking=False):
             break  # the holder sees the note and claims once more
@@ -113,12 +114,13 @@ def refill(c: Context, provider: str) -> None:
 
 @shared_task(name=queue.SUBMIT_JOB, **TASK_OPTS)
 def submit_job(job_id: str, attempt: int) -> Submit | Retry:
-    """Submit one claimed job attempt to its provider."""
+    """Submit one claimed job attempt (a message queued by an earlier release, which claimed
+    without the intent; claims now carry it and are sent by their claimer)."""
     return submit(ctx(), uuid.UUID(job_id), attempt)
 
 
 def submit(c: Context, job_id: uuid.UUID, attempt: int) -> Submit | Retry:
-    """Record the intent, call the provider with no transaction open, then save the answer."""
+    """Record the intent of a job claimed without one, then send it."""
     with bound(job_id=job_id, attempt=attempt), c.session() as session:
         job = session.execute(sa.select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
         if job is None or job.state is not JobState.submitting or job.attempt != attempt:
@@ -134,15 +136,21 @@ def submit(c: Context, job_id: uuid.UUID, attempt: int) -> Submit | Retry:
         # The job row holds the current attempt's request id only (earlier ones are on the
         # timeline), so a callback for this attempt is never matched against the last one's.
         job.provider_request_id = None
-        request, provider = build_request(c, job), job.provider
-    with bound(job_id=job_id, attempt=attempt):
+    return send(c, job)
+
+
+def send(c: Context, job: Any) -> Submit | Retry:
+    """Call the provider for a claimed attempt whose intent is committed, with no transaction
+    open, then save the answer. `job` is the claim's row (or the job): id, attempt, provider,
+    model, params, lane, task_id."""
+    with bound(job_id=job.id, attempt=job.attempt):
         try:
-            answer = c.adapter(provider).submit(request)
+            answer = c.adapter(job.provider).submit(build_request(c, job))
         except ProviderError as exc:
-            count_call(c, provider, type(exc).__name__, exc.status_code or exc.code or "none")
-            return submit_failed(c, job_id, attempt, exc)
-        count_call(c, provider, "accepted", 200)
-        return submit_succeeded(c, job_id, attempt, answer)
+            count_call(c, job.provider, type(exc).__name__, exc.status_code or exc.code or "none")
+            return submit_failed(c, job.id, job.attempt, exc)
+        count_call(c, job.provider, "accepted", 200)
+        return submit_succeeded(c, job.id, job.attempt, answer, job.provider)
 
 
 def count_call(c: Context, provider: str, outcome: str, code: object) -> None:
@@ -150,7 +158,7 @@ def count_call(c: Context, provider: str, outcome: str, code: object) -> None:
     c.tally.add("orchestrator_provider_requests_total", provider=provider, call="submit", outcome=outcome, code=code)
 
 
-def build_request(c: Context, job: Job) -> SubmitRequest:
+def build_request(c: Context, job: Any) -> SubmitRequest:
     """The provider request for a job's current attempt."""
     spec = catalog.MODELS[job.model]
     url = webhook_url(c.settings.public_url, job.provider, job.id, job.attempt, c.settings.resolved_secret_key())
@@ -159,12 +167,10 @@ def build_request(c: Context, job: Job) -> SubmitRequest:
                          lane=lane, task_id=job.task_id or str(uuid.uuid4()))
 
 
-def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submitted) -> Submit:
+def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submitted, provider: str) -> Submit:
     """Save the provider's request id; the callback may already have moved the job on."""
     now = utcnow()
     with c.session() as session:
-        provider = session.scalar(sa.select(Job.provider).where(Job.id == job_id))
-        assert provider is not None
         admission.record_success(session, provider)
         # The job's row lock orders this with workers.deliveries.process, which judges deliveries
         # under the same lock: a delivery is either seen held here or sees the id there.
@@ -175,7 +181,7 @@ def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submit
             c.publisher.after_commit(session, queue.PROCESS_DELIVERY, str(delivery_id))
         values = {"provider_request_id": answer.request_id, "provider_meta": answer.meta, "submitted_at": now}
         if job.attempt == attempt:
-            moved = state.transition(session, job_id, JobState.submitted, kind="submitted",
+            moved = state.transition(session, job_id, JobState.submitted, kind="submitted", locked=job,
                                      expect=[JobState.submitting], values=values,
                                      detail={"request_id": answer.request_id, "provider": provider})
             if moved.applied:

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator import metrics, queue, state
+from orchestrator import metrics, outbox, queue, state
 from orchestrator.db import as_utc, utcnow
 from orchestrator.models import Asset, Job, JobState
 from orchestrator.pricing import Price
@@ -78,26 +78,28 @@ def _adoptable(job: Job, attempt: int, outcome: Outcome) -> bool:
 def _adopt(c: Context, session: Session, job: Job, attempt: int, outcome: Outcome, source: str) -> str:
     later = job.attempt if job.state is not JobState.queued else None
     superseded = (job.provider_request_id, dict(job.provider_meta or {})) if later else (None, {})
-    added = sum(_add_asset(session, job, img, attempt) for img in outcome.images)
-    have = session.scalar(sa.select(sa.func.count()).select_from(Asset).where(Asset.job_id == job.id)) or 0
+    assets = _assets(session, job.id)
+    added = sum(_add_asset(session, job, assets, img, attempt) for img in outcome.images)
+    have = len(assets)
     if have < job.num_images:
         # Runware delivers one image per webhook: keep what arrived and wait for the rest.
         state.record(session, job.id, "image_received", attempt, source=source, have=have, of=job.num_images,
                      earlier_attempt=True, added=added)
         return f"collected {have}/{job.num_images} (attempt {attempt})"
-    cost = _cost(session, job.id)
+    cost = _reported_cost(assets)
     if cost is None and outcome.cost is not None:
         cost = Decimal(str(outcome.cost))
     values: dict[str, object] = {"callback_at": utcnow()}
     if outcome.request_id:
         values["provider_request_id"] = outcome.request_id
     moved = state.transition(session, job.id, JobState.storing, kind="earlier_result_adopted",
-                             expect=(JobState.queued, *WAITING), cost=cost, values=values,
+                             expect=(JobState.queued, *WAITING), cost=cost, values=values, locked=job,
                              detail={"source": source, "images": have, "attempt": attempt,
                                      "superseded_attempt": later, "request_id": outcome.request_id})
     if not moved.applied:
         return "unchanged"
     # storing: the outbox has this worker refill the slot and store the images after the commit
+    _plan_store(session, job, assets)
     request_id, meta = superseded
     if request_id and request_id != outcome.request_id:
         # The later attempt reached the provider: ask it to drop that request (fal; a no-op on Runware).
@@ -106,8 +108,9 @@ def _adopt(c: Context, session: Session, job: Job, attempt: int, outcome: Outcom
 
 
 def _collect(c: Context, session: Session, job: Job, outcome: Outcome, source: str) -> str:
-    added = sum(_add_asset(session, job, img) for img in outcome.images)
-    have = session.scalar(sa.select(sa.func.count()).select_from(Asset).where(Asset.job_id == job.id)) or 0
+    assets = _assets(session, job.id)
+    added = sum(_add_asset(session, job, assets, img) for img in outcome.images)
+    have = len(assets)
     if added == 0 and outcome.images:
         state.record(session, job.id, "duplicate_result", job.attempt, source=source)
     if have < job.num_images:
@@ -120,51 +123,63 @@ def _collect(c: Context, session: Session, job: Job, outcome: Outcome, source: s
         state.record(session, job.id, "image_received", job.attempt, source=source, have=have, of=job.num_images)
         return f"collected {have}/{job.num_images}"
     # Runware reports a cost per image, delivered one image at a time: sum what was collected.
-    cost, cost_source = _cost(session, job.id), "reported"
+    cost, cost_source = _reported_cost(assets), "reported"
     if cost is None and outcome.cost is not None:
         cost = Decimal(str(outcome.cost))
     if cost is None:
         # fal (like the real one) reports no cost: price each image from the table.
-        cost, cost_source = _price_assets(session, job, c.settings.price_table()), "priced"
+        cost, cost_source = _price_assets(job, assets, c.settings.price_table()), "priced"
     # Entering `storing` frees the slot and queues the store step (orchestrator.outbox): this worker
     # refills the slot and stores the images right after the commit.
-    state.transition(session, job.id, JobState.storing, kind="result_received", expect=WAITING,
-                     detail={"source": source, "images": have}, cost=cost,
-                     values={"callback_at": utcnow(), "cost_source": cost_source})
+    moved = state.transition(session, job.id, JobState.storing, kind="result_received", expect=WAITING,
+                             detail={"source": source, "images": have}, cost=cost, locked=job,
+                             values={"callback_at": utcnow(), "cost_source": cost_source})
+    if moved.applied:
+        _plan_store(session, job, assets)
     return "storing"
 
 
-def _add_asset(session: Session, job: Job, img: ImageRef, attempt: int | None = None) -> bool:
+def _assets(session: Session, job_id: uuid.UUID) -> list[Asset]:
+    """The job's images so far, in index order (read once per outcome; added to in memory)."""
+    return list(session.scalars(sa.select(Asset).where(Asset.job_id == job_id).order_by(Asset.index)))
+
+
+def _add_asset(session: Session, job: Job, assets: list[Asset], img: ImageRef, attempt: int | None = None) -> bool:
+    """Add an image unless it is already collected (by provider image id) or the job has all it asked for."""
     key = img.provider_image_id or f"{attempt or job.attempt}:{img.index}"
-    exists = session.scalar(sa.select(Asset.id).where(Asset.job_id == job.id, Asset.provider_image_id == key))
-    if exists is not None:
+    if any(a.provider_image_id == key for a in assets) or len(assets) >= job.num_images:
         return False
-    index = session.scalar(sa.select(sa.func.count()).select_from(Asset).where(Asset.job_id == job.id)) or 0
-    if index >= job.num_images:
-        return False
-    session.add(Asset(job_id=job.id, index=index, provider_image_id=key, source_url=img.url,
-                      width=img.width, height=img.height, content_type=img.content_type,
-                      seed=str(img.seed) if img.seed is not None else None, nsfw=img.nsfw,
-                      cost=Decimal(str(img.cost)) if img.cost is not None else None,
-                      cost_source="reported" if img.cost is not None else None))
-    session.flush()
+    asset = Asset(job_id=job.id, index=len(assets), provider_image_id=key, source_url=img.url,
+                  width=img.width, height=img.height, content_type=img.content_type,
+                  seed=str(img.seed) if img.seed is not None else None, nsfw=img.nsfw,
+                  cost=Decimal(str(img.cost)) if img.cost is not None else None,
+                  cost_source="reported" if img.cost is not None else None)
+    # The unique constraints (job, index) and (job, provider image id) still guard a race this
+    # job's row lock did not cover.
+    session.add(asset)
+    assets.append(asset)
     return True
 
 
-def _cost(session: Session, job_id: uuid.UUID) -> Decimal | None:
-    total = session.scalar(sa.select(sa.func.sum(Asset.cost)).where(Asset.job_id == job_id))
-    return Decimal(str(total)) if total is not None else None
+def _reported_cost(assets: list[Asset]) -> Decimal | None:
+    costs = [Decimal(str(a.cost)) for a in assets if a.cost is not None]
+    return sum(costs, Decimal(0)) if costs else None
 
 
-def _price_assets(session: Session, job: Job, prices: Mapping[str, Price]) -> Decimal:
+def _price_assets(job: Job, assets: list[Asset], prices: Mapping[str, Price]) -> Decimal:
     """Price a job's images at the size the provider returned (else the size asked for)."""
     price, total = prices[job.model], Decimal(0)
-    for asset in session.scalars(sa.select(Asset).where(Asset.job_id == job.id).order_by(Asset.index)):
+    for asset in assets:
         asset.cost = price.image(asset.width or job.params["width"], asset.height or job.params["height"])
         asset.cost_source = "priced"
         total += asset.cost
-    session.flush()
     return total
+
+
+def _plan_store(session: Session, job: Job, assets: list[Asset]) -> None:
+    """Hand the store step what this transaction knows, so it starts without reading it again."""
+    session.flush()  # the new assets get their ids
+    outbox.of(session).storing[job.id] = (job, list(assets))
 
 
 def _failed(c: Context, session: Session, job: Job, error: ProviderError | None, source: str) -> str | Retry:

@@ -17,15 +17,17 @@ from typing import Any
 
 import sqlalchemy as sa
 from celery import shared_task
+from sqlalchemy.orm import Session
 
 from orchestrator import catalog_runs, metrics, queue, state
 from orchestrator.db import utcnow
 from orchestrator.log import bound
-from orchestrator.models import Asset, Batch, Job, JobState
+from orchestrator.models import Asset, Job, JobEvent, JobState
 from orchestrator.storage.base import StorageError, object_key
 from orchestrator.storage.images import (
     DownloadFailed,
     ImageError,
+    VerifiedImage,
     download_image,
     upload,
     verify_image,
@@ -60,7 +62,25 @@ class JobInfo:
     width: int
     height: int
     provider: str
+    attempt: int
     catalog_ref: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a store run copies: the job's facts and its images not stored yet."""
+
+    info: JobInfo
+    pending: list[Pending]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One image copied and verified, not yet recorded."""
+
+    item: Pending
+    key: str
+    image: VerifiedImage
 
 
 @shared_task(name=queue.STORE_JOB, bind=True, max_retries=6, **TASK_OPTS)
@@ -81,13 +101,14 @@ class TransientStoreError(Exception):
 
 
 @on_results_arrived
-def store_now(c: Context, job_id: uuid.UUID) -> None:
+def store_now(c: Context, job_id: uuid.UUID, known: tuple[Job, list[Asset]] | None = None) -> None:
     """Results arrived in this worker's transaction: store them at once, in this thread.
 
-    A transient failure hands the job to the store_job task, which retries with backoff.
+    `known` is the job and its images as that transaction saw them (so nothing is read again);
+    a transient failure hands the job to the store_job task, which retries with backoff.
     """
     try:
-        store(c, job_id)
+        store(c, job_id, plan_of(*known) if known else None)
     except TransientStoreError:
         c.publisher.send(queue.STORE_JOB, str(job_id), countdown=1.0)
     except Exception:
@@ -95,33 +116,57 @@ def store_now(c: Context, job_id: uuid.UUID) -> None:
         c.publisher.send(queue.STORE_JOB, str(job_id), countdown=1.0)
 
 
-def store(c: Context, job_id: uuid.UUID) -> str:
-    """Store every pending image of a storing job, then mark it succeeded."""
-    with c.session() as session:
-        job = session.get(Job, job_id)
-        if job is None or job.state is not JobState.storing:
-            return "skipped"
-        info = _info(session, job)
-        pending = [Pending(a.id, a.index, a.source_url or "") for a in session.execute(
-            sa.select(Asset).where(Asset.job_id == job_id, Asset.stored_at.is_(None)).order_by(Asset.index)
-        ).scalars()]
+def plan_of(job: Job, assets: list[Asset]) -> Plan:
+    """The store plan of a job entering `storing`, from the rows its transaction holds."""
+    pending = [Pending(a.id, a.index, a.source_url or "") for a in sorted(assets, key=lambda a: a.index)
+               if a.stored_at is None]
+    return Plan(_info(job), pending)
+
+
+def store(c: Context, job_id: uuid.UUID, plan: Plan | None = None) -> str:
+    """Store every pending image of a storing job, then mark it succeeded.
+
+    The images are recorded and the job finished in one transaction at the end; a failure part
+    way records what was copied so far (a re-run copies only the rest; a repeated copy of an
+    image overwrites its deterministic key with the same bytes).
+    """
+    plan = plan or _read_plan(c, job_id)
+    if plan is None:
+        return "skipped"
+    info, stored = plan.info, []
     with bound(job_id=job_id, batch_id=info.batch_id):
-        for item in pending:
-            problem = _store_one(c, info, item)
-            if problem is not None:
-                return _give_up(c, job_id, problem)
-        return _finish(c, info)
+        try:
+            for item in plan.pending:
+                copied = _store_one(c, info, item)
+                if not isinstance(copied, Stored):
+                    return _give_up(c, info, copied, stored)
+                stored.append(copied)
+        except TransientStoreError:
+            if stored:
+                with c.session() as session:
+                    _record(session, info, stored)
+            raise
+        return _finish(c, info, stored)
 
 
-def _info(session: sa.orm.Session, job: Job) -> JobInfo:
-    batch = session.get(Batch, job.batch_id)
-    assert batch is not None
+def _read_plan(c: Context, job_id: uuid.UUID) -> Plan | None:
+    """The plan of a storing job, read in one statement (None if it is not storing)."""
+    with c.session() as session:
+        rows = session.execute(
+            sa.select(Job, Asset).outerjoin(Asset, sa.and_(Asset.job_id == Job.id, Asset.stored_at.is_(None)))
+            .where(Job.id == job_id, Job.state == JobState.storing).order_by(Asset.index)).all()
+    if not rows:
+        return None
+    return plan_of(rows[0][0], [asset for _, asset in rows if asset is not None])
+
+
+def _info(job: Job) -> JobInfo:
     p = job.params
     return JobInfo(job.id, job.tenant, job.batch_id, job.position, job.custom_id, p["output_format"],
-                   p["width"], p["height"], job.provider, job.catalog_ref)
+                   p["width"], p["height"], job.provider, job.attempt, job.catalog_ref)
 
 
-def _store_one(c: Context, info: JobInfo, item: Pending) -> tuple[str, str] | None:
+def _store_one(c: Context, info: JobInfo, item: Pending) -> Stored | tuple[str, str]:
     """Copy one image; returns (code, message) for a permanent problem, raises on transient ones."""
     s = c.settings
     try:
@@ -141,37 +186,71 @@ def _store_one(c: Context, info: JobInfo, item: Pending) -> tuple[str, str] | No
         if getattr(exc, "transient", False):
             raise TransientStoreError(str(exc)) from None
         return _code(exc), str(exc)
-    with c.session() as session:
+    return Stored(item, key, image)
+
+
+def _record(session: Session, info: JobInfo, stored: list[Stored]) -> None:
+    """Mark copied images stored (each once: the UPDATE is conditional) and put them on the timeline."""
+    now = utcnow()
+    for s in stored:
         session.execute(
-            sa.update(Asset).where(Asset.id == item.asset_id, Asset.stored_at.is_(None)).values(
-                storage_key=key, content_type=image.content_type, width=image.width, height=image.height,
-                bytes=image.size, sha256=image.sha256, stored_at=utcnow()))
-        state.record(session, info.job_id, "image_stored", 0, index=item.index, key=key, sha256=image.sha256)
-    return None
-
-
+            sa.update(Asset).where(Asset.id == s.item.asset_id, Asset.stored_at.is_(None)).values(
+                storage_key=s.key, content_type=s.image.content_type, width=s.image.width,
+                height=s.image.height, bytes=s.image.size, sha256=s.image.sha256, stored_at=now)
+            .execution_options(synchronize_session=False))
+    # Added, not executed: flushed with the session's other timeline rows in one INSERT.
+    session.add_all([JobEvent(job_id=info.job_id, kind="image_stored", attempt=0, created_at=now,
+                              detail={"index": s.item.index, "key": s.key, "sha256": s.image.sha256})
+                     for s in stored])
 def _code(exc: ImageError) -> str:
     """A stable error code from the exception class: InvalidImage -> invalid_image."""
     name = type(exc).__name__
     return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in name).lstrip("_")
 
 
-def _finish(c: Context, info: JobInfo) -> str:
-    with c.session() as session:
-        missing = session.scalar(sa.select(sa.func.count()).select_from(Asset)
-                                 .where(Asset.job_id == info.job_id, Asset.stored_at.is_(None))) or 0
-        if missing:
-            return f"{missing} images still pending"
+def _finish(c: Context, info: JobInfo, stored: list[Stored]) -> str:
+    """Record the copies and move the job to succeeded, in one transaction once all are stored."""
     ref = info.catalog_ref
-    replaced = _to_stable_keys(c, info, ref["keys"]) if ref and ref.get("keys") else []
+    if ref and ref.get("keys"):
+        return _finish_catalog(c, info, stored, ref)
+    with c.session() as session, session.no_autoflush:
+        # The job is finished from what the store run knows of it (state storing, its attempt),
+        # re-checked by the UPDATE itself; the timeline rows go out in one INSERT at the commit.
+        moved = state.transition(session, info.job_id, JobState.succeeded, kind="stored", expect=[JobState.storing],
+                                 where=[_all_stored(info.job_id, [s.item.asset_id for s in stored])],
+                                 locked=state.Known(JobState.storing, info.batch_id, info.attempt, info.provider))
+        _record(session, info, stored)
+        if not moved.applied:
+            missing = session.scalar(_missing(info.job_id)) or 0
+    if moved.applied:
+        return "succeeded"
+    return f"{missing} images still pending" if missing else "unchanged"
+
+
+def _all_stored(job_id: uuid.UUID, storing_now: list[uuid.UUID]) -> sa.ColumnElement[bool]:
+    """No image of the job is unstored but those this run records (checked in the UPDATE that finishes it)."""
+    return ~sa.exists().where(Asset.job_id == job_id, Asset.stored_at.is_(None), Asset.id.not_in(storing_now))
+
+
+def _missing(job_id: uuid.UUID) -> sa.Select[tuple[int]]:
+    return sa.select(sa.func.count()).select_from(Asset).where(Asset.job_id == job_id, Asset.stored_at.is_(None))
+
+
+def _finish_catalog(c: Context, info: JobInfo, stored: list[Stored], ref: dict[str, Any]) -> str:
+    """A catalog row's job: its images also go to the row's stable keys, verified, before it succeeds."""
+    with c.session() as session:
+        _record(session, info, stored)
+        missing = session.scalar(_missing(info.job_id)) or 0
+    if missing:
+        return f"{missing} images still pending"
+    replaced = _to_stable_keys(c, info, ref["keys"])
     with c.session() as session:
         moved = state.transition(session, info.job_id, JobState.succeeded, kind="stored", expect=[JobState.storing])
         if moved.applied:
             for asset_id, _, key in replaced:
                 session.execute(sa.update(Asset).where(Asset.id == asset_id).values(storage_key=key))
-            if ref:
-                # The row's index entry switches to the new images in the same transaction.
-                catalog_runs.record_images(session, info.job_id, info.tenant, ref)
+            # The row's index entry switches to the new images in the same transaction.
+            catalog_runs.record_images(session, info.job_id, info.tenant, ref)
     if moved.applied:
         for _, old, _ in replaced:  # only the per-batch copies: the stable keys hold the images now
             try:
@@ -211,10 +290,11 @@ def _to_stable_keys(c: Context, info: JobInfo, keys: list[str]) -> list[tuple[uu
     return replaced
 
 
-def _give_up(c: Context, job_id: uuid.UUID, problem: tuple[str, str]) -> str:
+def _give_up(c: Context, info: JobInfo, problem: tuple[str, str], stored: list[Stored]) -> str:
     code, message = problem
     with c.session() as session:
         metrics.incr(session, "orchestrator_storage_failures_total", reason=code)
-        state.fail(session, job_id, code, message[:2000], expect=[JobState.storing],
+        _record(session, info, stored)  # what was copied stays accounted for
+        state.fail(session, info.job_id, code, message[:2000], expect=[JobState.storing],
                    detail={"error": message, "code": code, "retryable": True})
     return f"failed: {code}"

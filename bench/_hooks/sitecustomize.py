@@ -25,6 +25,20 @@ def _install(folder: str) -> None:
 
     counts = {"execute": 0, "begin": 0, "commit": 0, "rollback": 0, "connect": 0}
     locks = [threading.Lock()]
+    # BENCH_SQLSTATS_DETAIL=1: also count each statement's shape (its first 120 characters,
+    # numbers and quoted literals blanked), written to <pid>.shapes.json
+    # (bench/_common.run_batch prints the commonest).
+    detail: dict[str, int] | None = {} if os.environ.get("BENCH_SQLSTATS_DETAIL") else None
+
+    def shape(query: object, n: int = 1) -> None:
+        if detail is None:
+            return
+        import re
+        text = query.decode() if isinstance(query, bytes) else str(query)
+        text = re.sub(r"'[^']*'|\b\d+\b", "?", " ".join(text.split()))
+        key = re.sub(r"^SELECT .*? FROM", "SELECT … FROM", text)[:200]
+        with locks[0]:
+            detail[key] = detail.get(key, 0) + n
 
     def bump(key: str, n: int = 1) -> None:
         with locks[0]:
@@ -40,6 +54,7 @@ def _install(folder: str) -> None:
         if opens_transaction(self):
             bump("begin")
         bump("execute")
+        shape(args[0] if args else kwargs.get("query", ""))
         return execute(self, *args, **kwargs)
 
     def counted_executemany(self, query, params_seq, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -47,6 +62,7 @@ def _install(folder: str) -> None:
         if opens_transaction(self):
             bump("begin")
         bump("execute", max(1, len(params_seq)))
+        shape(query, max(1, len(params_seq)))
         return executemany(self, query, params_seq, *args, **kwargs)
 
     commit, rollback, connect = psycopg.Connection.commit, psycopg.Connection.rollback, psycopg.Connection.connect
@@ -82,12 +98,20 @@ def _install(folder: str) -> None:
             with open(tmp, "w") as out:
                 json.dump(snapshot, out)
             os.replace(tmp, path)
+            if detail is not None:
+                with locks[0]:
+                    shapes = dict(detail)
+                with open(tmp, "w") as out:
+                    json.dump(shapes, out)
+                os.replace(tmp, os.path.join(folder, f"{pid}.shapes.json"))
             time.sleep(0.2)
 
     threading.Thread(target=flush, name="bench-sqlstats", daemon=True).start()
     def after_fork() -> None:
         locks[0] = threading.Lock()  # the parent's flusher may have held the old one at the fork
         counts.update({k: 0 for k in counts})
+        if detail is not None:
+            detail.clear()
         threading.Thread(target=flush, name="bench-sqlstats", daemon=True).start()
 
     os.register_at_fork(after_in_child=after_fork)
