@@ -1,11 +1,13 @@
 """Webhook benchmark: the receiver under gunicorn, and provider completion to stored image end to end.
 
-    python bench/webhooks.py [--webhooks 3000] [--concurrency 32] [--e2e-jobs 200]
+    python bench/webhooks.py [--webhooks 3000] [--concurrency 32] [--clients 2] [--repeat 3] [--e2e-jobs 200]
 
 Receiver: `orchestrator api` (gunicorn gthread, --api-workers x --api-threads) on a scratch database
 whose jobs wait in `submitted`, with ORCH_FAL_JWKS_URL pointing at a JWKS this script serves for
-its own Ed25519 key. An asyncio httpx client keeps --concurrency requests in flight and sends
-correctly signed fal webhooks (fal.md (c)); rows:
+its own Ed25519 key. A load generator in --clients processes of its own (bench/_loadgen.py: raw
+keep-alive sockets, every request built and signed before the clock starts) keeps --concurrency
+requests in flight and sends correctly signed fal webhooks (fal.md (c)). Server CPU is that of
+every gunicorn process (/proc, before and after); the generator's CPU is printed beside it. Rows:
 
 - signed, unique:      one webhook per job; each is verified, stored and queued (200 accepted);
 - signed, each twice:  both copies of a webhook back to back (often concurrent); the second is
@@ -22,7 +24,6 @@ finished) to the job's image being stored (assets.stored_at), split into its ste
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import hashlib
 import json
@@ -42,7 +43,7 @@ from typing import Any
 from urllib.parse import quote
 
 import _common as common
-import httpx
+import _loadgen as loadgen
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -63,11 +64,13 @@ class Options:
 
     webhooks: int
     concurrency: int
+    clients: int
     api_workers: int
     api_threads: int
     e2e_jobs: int
     e2e_latency: tuple[float, float]
     e2e_limit: int
+    repeat: int
     redis_url: str
     skip_e2e: bool
 
@@ -173,42 +176,13 @@ def fal_hook(target: Target, signer: Signer, *, bad: bool = False) -> Hook:
     return Hook(path, body, signer.headers(target.request_id, body, bad=bad))
 
 
-# --- load ----------------------------------------------------------------------------------
+# --- load ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Load:
-    """What one load run measured."""
-
-    statuses: list[int]
-    latencies: list[float]  # seconds per request
-    seconds: float
-    client_cpu: float  # this process's CPU seconds over the run
-
-
-async def _fire(base_url: str, hooks: Sequence[Hook], concurrency: int) -> tuple[list[int], list[float]]:
-    statuses: list[int] = []
-    latencies: list[float] = []
-    queue = iter(hooks)
-
-    async def worker() -> None:
-        # One client (one keep-alive connection) per worker: httpx's shared pool costs more CPU
-        # per request as it grows, and this process shares the machine with the server.
-        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-            for hook in queue:  # a shared iterator: each hook is sent once
-                start = time.perf_counter()
-                resp = await client.post(hook.path, content=hook.body, headers=hook.headers)
-                latencies.append(time.perf_counter() - start)
-                statuses.append(resp.status_code)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return statuses, latencies
-
-
-def fire(base_url: str, hooks: Sequence[Hook], concurrency: int) -> Load:
-    """Send every hook with `concurrency` requests in flight."""
-    cpu0, start = time.process_time(), time.perf_counter()
-    statuses, latencies = asyncio.run(_fire(base_url, hooks, concurrency))
-    return Load(statuses, latencies, time.perf_counter() - start, time.process_time() - cpu0)
+def fire(base_url: str, hooks: Sequence[Hook], opts: Options) -> loadgen.Load:
+    """Send every hook with opts.concurrency in flight, from opts.clients processes."""
+    host = base_url.split("://", 1)[1]
+    return loadgen.fire(base_url, [loadgen.http_request(host, h.path, h.body, h.headers) for h in hooks],
+                        opts.concurrency, opts.clients)
 
 
 @dataclass(frozen=True)
@@ -217,7 +191,7 @@ class Row:
 
     name: str
     expected: int  # the status every request should get
-    load: Load
+    load: loadgen.Load
     server_cpu: float
 
     def cells(self) -> list[Any]:
@@ -226,15 +200,16 @@ class Row:
         ok = sum(1 for s in self.load.statuses if s == self.expected)
         lat = [v * 1000 for v in self.load.latencies]
         return [self.name, n, f"{ok} x {self.expected}", ok / self.load.seconds, common.percentile(lat, 50),
-                common.percentile(lat, 99), 1000 * self.server_cpu / n, 100 * self.load.client_cpu / self.load.seconds]
+                common.percentile(lat, 99), 1000 * self.server_cpu / n, 1000 * self.load.client_cpu / n,
+                100 * self.load.client_cpu / self.load.seconds]
 
 
 def measure(name: str, server: common.Proc, base_url: str, hooks: Sequence[Hook], expected: int,
-            concurrency: int) -> Row:
-    """Fire `hooks` at a server, counting its CPU."""
+            opts: Options) -> Row:
+    """Fire `hooks` at a server, counting its CPU (every gunicorn process, from /proc)."""
     common.note(f"  {name}: {len(hooks)} requests")
     cpu0 = server.cpu_seconds()
-    load = fire(base_url, hooks, concurrency)
+    load = fire(base_url, hooks, opts)
     return Row(name, expected, load, server.cpu_seconds() - cpu0)
 
 
@@ -252,13 +227,13 @@ def receiver_rows(opts: Options, db_url: str, tmp: Path) -> tuple[list[Row], str
         env = common.orchestrator_env(db_url, opts.redis_url, tmp, base_url, {"ORCH_FAL_JWKS_URL": jwks_url})
         api = common.start_api(env, port, tmp, opts.api_workers, opts.api_threads)
         try:
-            fire(base_url, [fal_hook(t, signer) for t in warm], opts.concurrency)  # JWKS, pools, imports
+            fire(base_url, [fal_hook(t, signer) for t in warm], opts)  # JWKS, pools, imports
             rows = [
-                measure("signed, unique", api, base_url, [fal_hook(t, signer) for t in unique], 200, opts.concurrency),
+                measure("signed, unique", api, base_url, [fal_hook(t, signer) for t in unique], 200, opts),
                 measure("signed, each twice", api, base_url,
-                        [h for t in twice for h in [fal_hook(t, signer)] * 2], 200, opts.concurrency),
+                        [h for t in twice for h in [fal_hook(t, signer)] * 2], 200, opts),
                 measure("bad signature", api, base_url, [fal_hook(t, signer, bad=True) for t in unique], 401,
-                        opts.concurrency),
+                        opts),
             ]
         finally:
             api.stop()
@@ -277,8 +252,8 @@ def baseline_row(opts: Options, tmp: Path, hooks: Sequence[Hook]) -> Row:
     base_url = f"http://127.0.0.1:{port}"
     try:
         common.wait_until(lambda: common.http_ok(f"{base_url}/"), 60, "the trivial app", server)
-        fire(base_url, hooks[:64], opts.concurrency)
-        return measure("baseline: 200-only app", server, base_url, hooks, 200, opts.concurrency)
+        fire(base_url, hooks[:64], opts)
+        return measure("baseline: 200-only app", server, base_url, hooks, 200, opts)
     finally:
         server.stop()
 
@@ -294,17 +269,27 @@ def delivery_check(db_url: str) -> str:
     return f"deliveries stored: {verified} verified (incl. 64 warm-up), {dups} duplicates counted, {rejected} rejected"
 
 
-def print_receiver(opts: Options, rows: list[Row], check: str) -> None:
-    """The receiver table and the ratio to the baseline."""
+def print_receiver(opts: Options, runs: list[list[Row]], checks: list[str]) -> None:
+    """The receiver table of each run, the medians over runs, and the ratio to the baseline."""
     print(f"\nReceiver: gunicorn gthread {opts.api_workers} workers x {opts.api_threads} threads, "
-          f"{opts.concurrency} requests in flight (asyncio httpx client in this process)")
-    common.print_table(["variant", "requests", "answered", "answered/s", "p50 ms", "p99 ms", "server CPU ms/req",
-                        "client CPU %"], [r.cells() for r in rows])
-    unique, base = rows[0], rows[-1]
-    rate = len(unique.load.statuses) / unique.load.seconds
-    print(f"\nsigned, unique / baseline: throughput {rate / (len(base.load.statuses) / base.load.seconds):.2f}x, "
-          f"p50 latency {statistics.median(unique.load.latencies) / statistics.median(base.load.latencies):.1f}x")
-    print(check)
+          f"{opts.concurrency} requests in flight from {opts.clients} load generator processes")
+    headers = ["variant", "requests", "answered", "answered/s", "p50 ms", "p99 ms", "server CPU ms/req",
+               "client CPU ms/req", "client CPU % of a core"]
+    for i, (rows, check) in enumerate(zip(runs, checks, strict=True)):
+        print(f"\nrun {i + 1} of {len(runs)}")
+        common.print_table(headers, [r.cells() for r in rows])
+        print(check)
+    if len(runs) > 1:
+        print(f"\nmedian of {len(runs)} runs")
+        cells = [[r.cells() for r in rows] for rows in runs]
+        common.print_table(headers, [[*cells[0][v][:3], *(statistics.median(c[v][k] for c in cells)
+                                                          for k in range(3, len(headers)))]
+                                     for v in range(len(runs[0]))])
+    rates = [[len(r.load.statuses) / r.load.seconds for r in rows] for rows in runs]
+    p50s = [[statistics.median(r.load.latencies) for r in rows] for rows in runs]
+    print(f"\nsigned, unique / baseline (median over runs): throughput "
+          f"{statistics.median(r[0] / r[-1] for r in rates):.2f}x, "
+          f"p50 latency {statistics.median(p[0] / p[-1] for p in p50s):.1f}x")
 
 
 # --- the end-to-end section ----------------------------------------------------------------
@@ -359,29 +344,35 @@ def parse_args(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--webhooks", type=int, default=3000, help="requests per receiver variant (default 3000)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    parser.add_argument("--clients", type=int, default=2, help="load generator processes (default 2)")
     parser.add_argument("--api-workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument("--api-threads", type=int, default=8, help="threads per gunicorn worker (default 8)")
     parser.add_argument("--e2e-jobs", type=int, default=200, help="jobs in the end-to-end run (default 200)")
     parser.add_argument("--e2e-latency", default="0.05,0.2", help="sandbox latency MIN,MAX s (default 0.05,0.2)")
     parser.add_argument("--e2e-limit", type=int, default=16, help="in-flight limit end to end (default 16)")
+    parser.add_argument("--repeat", type=int, default=1, help="receiver runs, each on a fresh database (default 1)")
     parser.add_argument("--skip-e2e", action="store_true", help="only the receiver")
     parser.add_argument("--redis-url", default=common.REDIS_URL, help="Redis database to use (flushed!)")
     args = parser.parse_args(argv)
     lo, hi = (float(v) for v in args.e2e_latency.split(","))
-    return Options(args.webhooks, args.concurrency, args.api_workers, args.api_threads, args.e2e_jobs, (lo, hi),
-                   args.e2e_limit, args.redis_url, args.skip_e2e)
+    return Options(args.webhooks, args.concurrency, args.clients, args.api_workers, args.api_threads, args.e2e_jobs,
+                   (lo, hi), args.e2e_limit, args.repeat, args.redis_url, args.skip_e2e)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     opts = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        with common.scratch_database() as db_url:
-            rows, check = receiver_rows(opts, db_url, Path(tmp))
+        runs, checks = [], []
+        for _ in range(opts.repeat):
+            with common.scratch_database() as db_url:
+                rows, check = receiver_rows(opts, db_url, Path(tmp))
+            runs.append(rows)
+            checks.append(check)
         if not opts.skip_e2e:
             with common.scratch_database() as db_url:
                 result, lines = run_e2e(opts, db_url, Path(tmp))
-    print_receiver(opts, rows, check)
+    print_receiver(opts, runs, checks)
     if not opts.skip_e2e:
         print_e2e(opts, result, lines)
 
