@@ -15,6 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import outbox
+from orchestrator.redis_wire import RedisWire, handles
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,18 @@ class Publisher:
         self._app.conf.update(options, task_serializer="json", accept_content=["json"],
                               broker_connection_retry=False, broker_connection_max_retries=0,
                               broker_connection_timeout=1)
+        url = options["broker_url"]
+        # On Redis, one LPUSH of the message send_task would write (orchestrator.redis_wire).
+        self._wire = RedisWire(self._app, url, connect_timeout=1, timeout=5) if handles(url) else None
 
     def send(self, name: str, *args: Any, countdown: float | None = None) -> bool:
         """Publish one message now; False (logged) if the broker is unreachable."""
         try:
-            self._app.send_task(name, args=list(args), queue=QUEUES[name], countdown=countdown,
-                                retry=False, ignore_result=True)
+            if self._wire is not None:
+                self._wire.send(name, list(args), QUEUES[name], countdown)
+            else:
+                self._app.send_task(name, args=list(args), queue=QUEUES[name], countdown=countdown,
+                                    retry=False, ignore_result=True)
             return True
         except Exception as exc:  # the database is the source of truth; a lost nudge is recovered by the sweep
             log.warning("broker send failed", extra={"task": name, "error": type(exc).__name__})
@@ -115,6 +122,8 @@ class Publisher:
 
     def close(self) -> None:
         """Release broker connections."""
+        if self._wire is not None:
+            self._wire.close()
         self._app.close()
 
 
