@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -33,6 +33,21 @@ HELD = "held: request id of the attempt not known yet"
 Decision = Literal["match", "held", "refused"]
 
 
+class JobRef(Protocol):
+    """What binding reads of a job: a Job, or the receiver's one-row select of these columns."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def provider_request_id(self) -> str | None: ...
+    @property
+    def task_id(self) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What to do with one delivery, and why."""
@@ -42,7 +57,7 @@ class Verdict:
     reason: str = ""
 
 
-def attempt_request_id(session: Session, job: Job, attempt: int, provider: str) -> tuple[str | None, str]:
+def attempt_request_id(session: Session, job: JobRef, attempt: int, provider: str) -> tuple[str | None, str]:
     """The provider request id of one attempt when known, else None; ("", why) if it cannot be this provider's."""
     if attempt == job.attempt:
         if provider != job.provider:
@@ -63,7 +78,7 @@ def attempt_request_id(session: Session, job: Job, attempt: int, provider: str) 
     return None, ""
 
 
-def judge(session: Session, job: Job, attempt: int, provider: str, raw: bytes, headers: dict[str, str]) -> Verdict:
+def judge(session: Session, job: JobRef, attempt: int, provider: str, raw: bytes, headers: dict[str, str]) -> Verdict:
     """Decide whether a delivery belongs to `attempt` of `job` (see the module docstring)."""
     claimed, why = registry.adapter_class(provider).claimed_request_id(headers, raw)
     if claimed is None:

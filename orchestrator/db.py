@@ -80,8 +80,12 @@ class Timestamp(sa.types.TypeDecorator[datetime]):
 
 def upsert_insert(session: Session, table: Any) -> Any:
     """An INSERT that supports ON CONFLICT on both backends (Postgres and SQLite)."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+    return dialect_insert(session.get_bind().dialect.name, table)
+
+
+def dialect_insert(dialect_name: str, table: Any) -> Any:
+    """upsert_insert for a dialect name (for a statement built once and reused)."""
+    return (postgresql if dialect_name == "postgresql" else sqlite).insert(table)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

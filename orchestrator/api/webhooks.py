@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from orchestrator import binding, queue, webhook_urls
 from orchestrator.api.context import db, services
 from orchestrator.api.problems import problem
-from orchestrator.db import upsert_insert
+from orchestrator.db import dialect_insert
 from orchestrator.errors import PROBLEM_TYPES as BASE
 from orchestrator.log import bind
 from orchestrator.models import Delivery, Job
@@ -42,7 +42,7 @@ def receive(provider: str, job_id: str, attempt: str) -> Response | tuple[Respon
         return _reject(provider, raw, headers, None, None, 404, "no webhook endpoint for this provider")
     target = webhook_urls.target(provider, job_id, attempt)
     session = db()
-    job = session.get(Job, target.job_id) if target else None
+    job = session.connection().execute(_JOB, {"job_id": target.job_id}).one_or_none() if target else None
     if target is None or job is None:
         return _reject(provider, raw, headers, None, None, 404, "no such job")
     bind(job_id=job.id, batch_id=job.batch_id)
@@ -62,6 +62,13 @@ def receive(provider: str, job_id: str, attempt: str) -> Response | tuple[Respon
         return _reject(provider, raw, headers, job.id, target.attempt, 409, verdict.reason, keep_body=True)
     key = adapter.event_key(job.id, target.attempt, verdict.claimed or "", raw)
     return _store(provider, raw, headers, job.id, target.attempt, key, held=verdict.decision == "held")
+
+
+# The receiver's hot path uses Core statements on the tables: no ORM object, identity map or flush.
+_JOBS, _DELIVERIES = cast(sa.Table, Job.__table__), cast(sa.Table, Delivery.__table__)
+# The job columns the receiver and binding.judge read (binding.JobRef).
+_JOB = sa.select(_JOBS.c.id, _JOBS.c.batch_id, _JOBS.c.attempt, _JOBS.c.provider, _JOBS.c.provider_request_id,
+                 _JOBS.c.task_id).where(_JOBS.c.id == sa.bindparam("job_id"))
 
 
 @bp.post("/<path:rest>")
@@ -86,25 +93,31 @@ def _store(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, atte
            key: str, *, held: bool) -> Response | tuple[Response, int]:
     session = db()
     values = {"provider": provider, "event_key": key[:300], "job_id": job_id, "attempt": attempt, "verified": True,
-              "headers": headers, "body": raw, "outcome": binding.HELD if held else None}
+              "headers": headers, "body": raw, "outcome": binding.HELD if held else None, "duplicates": 0}
     try:
-        new_id = session.execute(upsert_insert(session, Delivery).values(**values).on_conflict_do_nothing()
-                                 .returning(Delivery.id)).scalar_one_or_none()
-        if new_id is None:
-            session.execute(sa.update(Delivery).where(Delivery.provider == provider, Delivery.event_key == key[:300])
-                            .values(duplicates=Delivery.duplicates + 1))
-        else:
-            # A held delivery is queued too: the worker decides under the job's lock, so it cannot
-            # miss a submit answer that lands in between.
-            services().publisher.after_commit(session, queue.PROCESS_DELIVERY, str(new_id))
+        # One statement stores the delivery or counts the duplicate: a new row comes back with
+        # duplicates 0, a repeated event key with its counter raised.
+        new_id, duplicates = session.connection().execute(_upsert_for(session.get_bind().dialect.name), values).one()
         session.commit()
     except SQLAlchemyError:
         log.exception("could not store webhook delivery")
         session.rollback()
         return problem(503, "Not stored", "the delivery could not be stored; retry", BASE + "unavailable")
-    if new_id is None:
+    if duplicates:
         return jsonify({"status": "duplicate"}), 200
+    # Queued only now that it is committed. A held delivery is queued too: the worker decides
+    # under the job's lock, so it cannot miss a submit answer that lands in between.
+    services().publisher.send(queue.PROCESS_DELIVERY, str(new_id))
     return (jsonify({"status": "held"}), 202) if held else (jsonify({"status": "accepted"}), 200)
+
+
+@cache
+def _upsert_for(dialect: str) -> Any:
+    """INSERT a verified delivery, or on its (provider, event_key) add one to its duplicates; RETURNING both."""
+    insert = dialect_insert(dialect, _DELIVERIES)
+    return insert.on_conflict_do_update(index_elements=[_DELIVERIES.c.provider, _DELIVERIES.c.event_key],
+                                        set_={"duplicates": _DELIVERIES.c.duplicates + 1}
+                                        ).returning(_DELIVERIES.c.id, _DELIVERIES.c.duplicates)
 
 
 def _reject(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, attempt: int | None, status: int,
@@ -115,8 +128,9 @@ def _reject(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, att
     body = raw[:65536] if keep_body else raw[:1024]
     headers = {**headers, "x-body-sha256": hashlib.sha256(raw).hexdigest(), "x-body-bytes": str(len(raw))}
     try:
-        session.add(Delivery(provider=provider[:16], job_id=job_id, attempt=attempt, verified=False,
-                             rejection=reason[:200], headers=headers, body=body))
+        session.connection().execute(sa.insert(_DELIVERIES), {
+            "provider": provider[:16], "job_id": job_id, "attempt": attempt, "verified": False,
+            "rejection": reason[:200], "headers": headers, "body": body, "duplicates": 0})
         session.commit()
     except SQLAlchemyError:
         session.rollback()
