@@ -2,7 +2,9 @@
 
 fal publishes its public keys as a JWKS (`{"keys": [{"x": <base64url>}, ...]}`); a webhook is
 authentic if ANY published key verifies it. Keys rotate, so they are cached for at most 24 h
-and re-fetched once (rate-limited) when no cached key matches a signature.
+and re-fetched once (rate-limited) when no cached key matches a signature. The cache holds the
+keys loaded (parsed once per fetch, not per webhook), and a fetch replaces them all: a key fal
+no longer publishes verifies nothing after the next fetch.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -79,10 +81,21 @@ def keys_from_jwks(document: Any) -> list[bytes]:
     return keys
 
 
+def load_keys(keys: Sequence[bytes]) -> list[Ed25519PublicKey]:
+    """The usable keys of `keys` as key objects (what verifying needs; loading one costs more than a check)."""
+    loaded = []
+    for key in keys:
+        try:
+            loaded.append(Ed25519PublicKey.from_public_bytes(key))
+        except ValueError:
+            continue
+    return loaded
+
+
 def verify_fal_signature(
     headers: Mapping[str, str],
     raw_body: bytes,
-    public_keys: list[bytes],
+    public_keys: Sequence[bytes | Ed25519PublicKey],
     now: float,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> None:
@@ -97,7 +110,10 @@ def verify_fal_signature(
     digest = hashlib.sha256(raw_body).hexdigest()
     message = f"{request_id}\n{user_id}\n{timestamp}\n{digest}".encode()
     signature = bytes.fromhex(signature_hex)
-    if not any(_verifies(key, signature, message) for key in public_keys):
+    # Raw keys are loaded here; JwksCache passes its keys loaded once per fetch.
+    keys = [k for k in public_keys if not isinstance(k, bytes)] + load_keys([k for k in public_keys
+                                                                            if isinstance(k, bytes)])
+    if not any(_verifies(key, signature, message) for key in keys):
         raise InvalidSignature("no published key verifies the signature", key_mismatch=True)
 
 
@@ -112,10 +128,10 @@ def _signed_headers(headers: Mapping[str, str]) -> tuple[str, str, str, str]:
     return request_id, user_id, timestamp, signature
 
 
-def _verifies(key: bytes, signature: bytes, message: bytes) -> bool:
+def _verifies(key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
     """Whether `key` verifies `signature` over `message`."""
     try:
-        Ed25519PublicKey.from_public_bytes(key).verify(signature, message)
+        key.verify(signature, message)
     except (_CryptoInvalidSignature, ValueError):
         return False
     return True
@@ -142,14 +158,13 @@ class JwksCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._keys: list[bytes] = []
+        self._loaded: list[Ed25519PublicKey] = []  # self._keys loaded, replaced with them
         self._fetched_at: float | None = None
 
     def keys(self) -> list[bytes]:
         """Return cached keys, fetching them first when absent or older than `max_age`."""
         with self._lock:
-            fetched_at = self._fetched_at
-            if fetched_at is None or self._clock() - fetched_at >= self._max_age:
-                self._fetch()
+            self._fetch_if_old()
             return list(self._keys)
 
     def refresh(self) -> list[bytes]:
@@ -158,15 +173,29 @@ class JwksCache:
             self._fetch()
             return list(self._keys)
 
+    def _current(self, *, refresh: bool = False) -> list[Ed25519PublicKey]:
+        """The loaded keys, fetched first when absent, older than `max_age`, or `refresh` asks."""
+        with self._lock:
+            if refresh:
+                self._fetch()
+            else:
+                self._fetch_if_old()
+            return self._loaded
+
+    def _fetch_if_old(self) -> None:
+        fetched_at = self._fetched_at
+        if fetched_at is None or self._clock() - fetched_at >= self._max_age:
+            self._fetch()
+
     def verify(self, headers: Mapping[str, str], raw_body: bytes, tolerance: float = DEFAULT_TOLERANCE) -> None:
         """Verify a webhook; on an unknown key, refresh the JWKS once (rate-limited) and retry."""
         now = self._clock()
         try:
-            verify_fal_signature(headers, raw_body, self.keys(), now, tolerance)
+            verify_fal_signature(headers, raw_body, self._current(), now, tolerance)
         except InvalidSignature as exc:
             if not exc.key_mismatch or not self._refresh_allowed():
                 raise
-            verify_fal_signature(headers, raw_body, self.refresh(), now, tolerance)
+            verify_fal_signature(headers, raw_body, self._current(refresh=True), now, tolerance)
 
     def _refresh_allowed(self) -> bool:
         """Whether enough time passed since the last fetch to fetch again."""
@@ -183,7 +212,7 @@ class JwksCache:
         keys = keys_from_jwks(json_body(response)) if response.is_success else []
         if not keys:
             raise JwksUnavailable("fal", "JWKS holds no usable Ed25519 key", response.status_code, "jwks_unavailable")
-        self._keys = keys
+        self._keys, self._loaded = keys, load_keys(keys)
         self._fetched_at = self._clock()
 
 

@@ -241,6 +241,22 @@ def test_key_rotation_refreshes_once(jwks: JwksServer, cache: JwksCache, clock: 
     assert jwks.hits == 2
 
 
+@pytest.mark.parametrize("next_fetch", ["max age", "unknown key"])
+def test_a_withdrawn_key_verifies_nothing_after_the_next_fetch(
+    jwks: JwksServer, cache: JwksCache, clock: Clock, key: Ed25519PrivateKey, next_fetch: str
+) -> None:
+    jwks.publish(key)
+    cache.verify(sign(key), BODY)  # `key` is loaded and cached now
+    successor = Ed25519PrivateKey.generate()
+    jwks.publish(successor)  # fal withdraws `key`
+    # The next fetch comes with the cache's max age, or with a signature by a key it does not know.
+    clock.now += 24 * 3600 if next_fetch == "max age" else 120
+    cache.verify(sign(successor, ts=int(clock.now)), BODY)
+    with pytest.raises(InvalidSignature):
+        cache.verify(sign(key, ts=int(clock.now)), BODY)
+    assert jwks.hits == 2
+
+
 def test_refresh_on_unknown_key_is_rate_limited(
     jwks: JwksServer, cache: JwksCache, clock: Clock, key: Ed25519PrivateKey
 ) -> None:
