@@ -61,9 +61,11 @@ class Faults:
     webhook_flat: bool = False  # Runware: the item itself instead of {"data":[item]}
     webhook_send_failures: bool = True  # Runware: POST {"errors":[...]} for a failed image
 
-    # Runware uploadEndpoint.
+    # Runware uploadEndpoint: the PUT comes this long after the webhook (late), never (skipped),
+    # or carries a truncated file (corrupted; the PUT itself succeeds, as a cut-off stream would).
     upload_delay_seconds: float = 0.0
     upload_drop_rate: float = 0.0
+    upload_corrupt_rate: float = 0.0
 
     # Early expiry: seconds after completion; None keeps the provider's normal retention.
     result_ttl: float | None = None

@@ -1,4 +1,5 @@
-"""What a sandbox saw and did: submissions, charges, in-flight counts per key, webhook and upload attempts."""
+"""What a sandbox saw and did: submissions, charges, in-flight counts per key, webhook and upload attempts,
+and every GET of a generated file."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Ledger:
             self._submissions: list[dict[str, Any]] = []
             self._deliveries: list[dict[str, Any]] = []
             self._charges: list[dict[str, Any]] = []
+            self._media: list[dict[str, Any]] = []
             self._inflight: Counter[str] = Counter()
             self._peak: Counter[str] = Counter()
 
@@ -44,6 +46,17 @@ class Ledger:
         entry.setdefault("time", time.time())
         with self._lock:
             self._deliveries.append(entry)
+
+    def record_media_get(self, name: str, status: int) -> None:
+        """Append one GET of a generated file (so a test can tell whether anyone downloaded it)."""
+        with self._lock:
+            self._media.append({"name": name, "status": status, "time": time.time()})
+
+    @property
+    def media_gets(self) -> list[dict[str, Any]]:
+        """Copies of every file GET so far."""
+        with self._lock:
+            return copy.deepcopy(self._media)
 
     def record_charge(self, key: str, **entry: Any) -> None:
         """Bill `key` for generated output (model, request, images, megapixels, usd)."""
@@ -112,6 +125,7 @@ class Ledger:
                 "submissions": copy.deepcopy(self._submissions),
                 "deliveries": copy.deepcopy(self._deliveries),
                 "charges": copy.deepcopy(self._charges),
+                "media_gets": copy.deepcopy(self._media),
                 "inflight": dict(self._inflight),
                 "peak_inflight": dict(self._peak),
             }

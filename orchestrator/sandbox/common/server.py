@@ -238,7 +238,9 @@ class BaseSandbox:
         return normal if faults.media_ttl is None else faults.media_ttl
 
     async def _serve_media(self, request: web.Request) -> web.StreamResponse:
-        stored = self.media.get(request.match_info["name"])
+        name = request.match_info["name"]
+        stored = self.media.get(name)
+        self.ledger.record_media_get(name, 404 if stored is None else 200)
         if stored is None:
             return web.Response(status=404, text="Not Found")
         data = await self.render(stored.spec)

@@ -144,10 +144,14 @@ class RunwareRunner(BaseSandbox):
             await asyncio.sleep(faults.upload_delay_seconds)
         content_type = ImageSpec("", 0, 1, 1, job.task.output_format).content_type
         assert job.task.upload_endpoint is not None
+        ref = {"provider": "runware", "task_uuid": job.task.task_uuid, "image_uuid": item["imageUUID"]}
+        if self.dice.chance(faults.upload_corrupt_rate):
+            # Marked on the ledger, so a test knows which PUT carried a bad file.
+            data, ref = data[: len(data) // 2], {**ref, "corrupted": True}
         delivery = Delivery(
             job.task.upload_endpoint,
             data,
-            {"provider": "runware", "task_uuid": job.task.task_uuid, "image_uuid": item["imageUUID"]},
+            ref,
             headers=lambda: {"Content-Type": content_type},
             method="PUT",
             kind="upload",

@@ -252,6 +252,32 @@ def test_upload_delay_and_drop(runware: RunwareSandbox, receiver: LoopbackServer
     assert runware.ledger.deliveries[-1]["outcome"] == "dropped"
 
 
+
+def test_upload_corrupted_is_a_truncated_file_and_marked(runware: RunwareSandbox, receiver: LoopbackServer) -> None:
+    runware.set_faults(upload_corrupt_rate=1.0)
+    task = rw_task(deliveryMethod="async", outputFormat="PNG", webhookURL=receiver.url + "/hook",
+                   uploadEndpoint=receiver.url + "/put")
+    httpx.post(runware.api_url, json=[task], headers=RW_AUTH)
+    hook, put = receiver.wait_for(2)
+    url = json.loads(hook.body)["data"][0]["imageURL"]
+    whole = httpx.get(url).content
+    assert put.headers["Content-Type"] == "image/png" and put.body == whole[: len(whole) // 2]
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(put.body)).load()
+    assert runware.wait_idle()
+    upload = [d for d in runware.ledger.deliveries if d["kind"] == "upload"]
+    assert upload[0]["corrupted"] is True and upload[0]["outcome"] == "delivered"
+
+
+def test_media_gets_are_logged(runware: RunwareSandbox) -> None:
+    body = httpx.post(runware.api_url, json=[rw_task(deliveryMethod="sync")], headers=RW_AUTH).json()
+    assert runware.ledger.media_gets == []
+    name = body["data"][0]["imageURL"].rsplit("/", 1)[1]
+    httpx.get(body["data"][0]["imageURL"])
+    httpx.get(runware.url + "/image/nothing.jpg")
+    assert [(m["name"], m["status"]) for m in runware.ledger.media_gets] == [(name, 200), ("nothing.jpg", 404)]
+    assert httpx.get(runware.url + "/_sandbox/ledger").json()["media_gets"][0]["name"] == name
+
 # -- generation faults --------------------------------------------------------------------------------------------
 
 
