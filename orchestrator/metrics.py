@@ -26,6 +26,9 @@ LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 HELP = {
     "orchestrator_provider_requests_total": ("counter", "Provider HTTP calls by provider, call, outcome and code"),
     "orchestrator_storage_failures_total": ("counter", "Failed image copies by reason"),
+    "orchestrator_images_stored_total": ("counter", "Stored images by provider and path (direct: the provider's "
+                                                    "own upload, verified; fallback: that upload was absent or "
+                                                    "invalid, so downloaded; download: no upload offered)"),
     "orchestrator_catalog_rows_total": ("counter", "Catalog rows by diff outcome (read, new, changed, unchanged, "
                                                    "removed)"),
     "orchestrator_schedule_runs_total": ("counter", "Schedule firings by outcome (created, failed)"),

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
     store_concurrency: int = Field(default=4, ge=1)
+    # Runware PUTs a single-image job's image into S3-compatible storage itself (workers.direct_upload);
+    # its PUT follows the webhook by a few seconds, so the store step waits this long before it
+    # downloads the image instead.
+    direct_upload: bool = True
+    direct_upload_wait_seconds: float = Field(default=10.0, ge=0)
     # Price overrides (JSON or a JSON file's path, see orchestrator.pricing) and how often jobs
     # held by a budget cap are looked at again (a finished or failed job may have freed budget).
     prices: str = ""

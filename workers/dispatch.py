@@ -27,7 +27,7 @@ from orchestrator.providers.base import Lane, SubmitRequest, Submitted
 from orchestrator.providers.errors import PermanentProviderError, ProviderError, RateLimited
 from orchestrator.providers.registry import PROVIDERS, build_payload
 from orchestrator.webhook_urls import webhook_url
-from workers import admission
+from workers import admission, direct_upload
 from workers.celery_app import TASK_OPTS
 from workers.context import MAX_COUNTDOWN, Context, ctx, on_slot_freed
 from workers.retry import Retry, requeue, retry_or_fail
@@ -164,7 +164,8 @@ def build_request(c: Context, job: Any) -> SubmitRequest:
     url = webhook_url(c.settings.public_url, job.provider, job.id, job.attempt, c.settings.resolved_secret_key())
     lane: Lane = "bulk" if job.lane == "bulk" else "interactive"
     return SubmitRequest(model=job.model, payload=build_payload(spec, job.params), webhook_url=url,
-                         lane=lane, task_id=job.task_id or str(uuid.uuid4()))
+                         lane=lane, task_id=job.task_id or str(uuid.uuid4()),
+                         upload_url=direct_upload.upload_url(c, job))
 
 
 def submit_succeeded(c: Context, job_id: uuid.UUID, attempt: int, answer: Submitted, provider: str) -> Submit:

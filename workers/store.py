@@ -5,6 +5,11 @@ checked to decode as the format and size the job asked for, hashed, and PUT to a
 presigned URL. The asset row is marked stored with a conditional UPDATE, so a second run of
 the task (redelivery, sweep) never records an image twice; the object key is deterministic,
 so a repeated upload overwrites the same object rather than adding one.
+
+A single-image Runware job on S3-compatible storage was given an upload URL at submit: its image
+is verified from the bucket and copied into place instead (workers.direct_upload), and only
+downloaded when that upload is absent or invalid. The image_stored event and the
+orchestrator_images_stored_total counter say which path each image took.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ from orchestrator.storage.images import (
     upload,
     verify_image,
 )
+from workers import direct_upload
 from workers.celery_app import TASK_OPTS
 from workers.context import Context, ctx, on_results_arrived
+from workers.direct_upload import Staged, UploadPending
 
 log = logging.getLogger(__name__)
 PRESIGN_SECONDS = 900
@@ -64,6 +71,7 @@ class JobInfo:
     provider: str
     attempt: int
     catalog_ref: dict[str, Any] | None = None
+    staged: Staged | None = None  # the provider was given an upload URL for the one image
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ class Stored:
     item: Pending
     key: str
     image: VerifiedImage
+    path: str = "download"  # or "direct" (the provider's upload, verified), "fallback" (that failed: downloaded)
+    why: str | None = None  # why a fallback was needed
 
 
 @shared_task(name=queue.STORE_JOB, bind=True, max_retries=6, **TASK_OPTS)
@@ -88,6 +98,10 @@ def store_job(self, job_id: str) -> str:
     """Store a job's images; transient failures retry with backoff, then the sweep resumes."""
     try:
         return store(ctx(), uuid.UUID(job_id))
+    except UploadPending as exc:
+        # A fresh message, not a Celery retry: waiting for the upload is not a failure.
+        ctx().publisher.send(queue.STORE_JOB, job_id, countdown=exc.countdown)
+        return str(exc)
     except TransientStoreError as exc:
         with ctx().session() as session:
             metrics.incr(session, "orchestrator_storage_failures_total", reason="transient")
@@ -108,7 +122,9 @@ def store_now(c: Context, job_id: uuid.UUID, known: tuple[Job, list[Asset]] | No
     a transient failure hands the job to the store_job task, which retries with backoff.
     """
     try:
-        store(c, job_id, plan_of(*known) if known else None)
+        store(c, job_id, plan_of(c, *known) if known else None)
+    except UploadPending as exc:
+        c.publisher.send(queue.STORE_JOB, str(job_id), countdown=exc.countdown)
     except TransientStoreError:
         c.publisher.send(queue.STORE_JOB, str(job_id), countdown=1.0)
     except Exception:
@@ -116,11 +132,11 @@ def store_now(c: Context, job_id: uuid.UUID, known: tuple[Job, list[Asset]] | No
         c.publisher.send(queue.STORE_JOB, str(job_id), countdown=1.0)
 
 
-def plan_of(job: Job, assets: list[Asset]) -> Plan:
+def plan_of(c: Context, job: Job, assets: list[Asset]) -> Plan:
     """The store plan of a job entering `storing`, from the rows its transaction holds."""
     pending = [Pending(a.id, a.index, a.source_url or "") for a in sorted(assets, key=lambda a: a.index)
                if a.stored_at is None]
-    return Plan(_info(job), pending)
+    return Plan(_info(c, job), pending)
 
 
 def store(c: Context, job_id: uuid.UUID, plan: Plan | None = None) -> str:
@@ -144,7 +160,7 @@ def store(c: Context, job_id: uuid.UUID, plan: Plan | None = None) -> str:
         except TransientStoreError:
             if stored:
                 with c.session() as session:
-                    _record(session, info, stored)
+                    _record(c, session, info, stored)
             raise
         return _finish(c, info, stored)
 
@@ -157,25 +173,34 @@ def _read_plan(c: Context, job_id: uuid.UUID) -> Plan | None:
             .where(Job.id == job_id, Job.state == JobState.storing).order_by(Asset.index)).all()
     if not rows:
         return None
-    return plan_of(rows[0][0], [asset for _, asset in rows if asset is not None])
+    return plan_of(c, rows[0][0], [asset for _, asset in rows if asset is not None])
 
 
-def _info(job: Job) -> JobInfo:
+def _info(c: Context, job: Job) -> JobInfo:
     p = job.params
+    staged = None
+    if job.provider_request_id and direct_upload.offered(c, job.provider, job.num_images):
+        # The request whose result the job took (an adopted earlier attempt's too) named the staging
+        # key; the wait for its upload counts from the result's arrival (entering storing).
+        key = direct_upload.final_key(job.tenant, job.batch_id, job.position, job.custom_id, p["output_format"])
+        staged = Staged(job.provider_request_id, key, p["output_format"], p["width"], p["height"],
+                        job.callback_at or job.updated_at)
     return JobInfo(job.id, job.tenant, job.batch_id, job.position, job.custom_id, p["output_format"],
-                   p["width"], p["height"], job.provider, job.attempt, job.catalog_ref)
+                   p["width"], p["height"], job.provider, job.attempt, job.catalog_ref, staged)
 
 
 def _store_one(c: Context, info: JobInfo, item: Pending) -> Stored | tuple[str, str]:
-    """Copy one image; returns (code, message) for a permanent problem, raises on transient ones."""
-    s = c.settings
+    """Copy one image; returns (code, message) for a permanent problem, raises on transient ones.
+
+    Raises UploadPending while a direct upload may still land.
+    """
+    if info.staged is not None:
+        image, why = direct_upload.take(c, info.staged)
+        if image is not None:
+            direct_upload.discard(c, info.staged)
+            return Stored(item, info.staged.final_key, image, "direct")
     try:
-        data = download_image(c.download_http, item.url, allowed_hosts=s.allowed_hosts(),
-                              max_bytes=s.download_max_bytes, timeout=TRANSFER_TIMEOUT)
-        image = verify_image(data, expected_format=info.fmt, width=info.width, height=info.height)
-        key = object_key(info.tenant, str(info.batch_id), info.position, info.custom_id, item.index, image.ext)
-        url = c.storage.presign_put(key, image.content_type, PRESIGN_SECONDS)
-        upload(c.http, url, data, image.content_type, TRANSFER_TIMEOUT)
+        key, image = _download_and_put(c, info, item)
     except DownloadFailed as exc:
         if exc.expired:
             return "result_expired", f"the provider no longer has image {item.index}: {exc}"
@@ -186,22 +211,42 @@ def _store_one(c: Context, info: JobInfo, item: Pending) -> Stored | tuple[str, 
         if getattr(exc, "transient", False):
             raise TransientStoreError(str(exc)) from None
         return _code(exc), str(exc)
-    return Stored(item, key, image)
+    if info.staged is None:
+        return Stored(item, key, image)
+    direct_upload.discard(c, info.staged)  # it may hold a corrupted upload
+    return Stored(item, key, image, "fallback", why)
 
 
-def _record(session: Session, info: JobInfo, stored: list[Stored]) -> None:
-    """Mark copied images stored (each once: the UPDATE is conditional) and put them on the timeline."""
+def _download_and_put(c: Context, info: JobInfo, item: Pending) -> tuple[str, VerifiedImage]:
+    """Download the provider's image, verify it and PUT it to its key through a presigned URL."""
+    s = c.settings
+    data = download_image(c.download_http, item.url, allowed_hosts=s.allowed_hosts(),
+                          max_bytes=s.download_max_bytes, timeout=TRANSFER_TIMEOUT)
+    image = verify_image(data, expected_format=info.fmt, width=info.width, height=info.height)
+    key = object_key(info.tenant, str(info.batch_id), info.position, info.custom_id, item.index, image.ext)
+    upload(c.http, c.storage.presign_put(key, image.content_type, PRESIGN_SECONDS), data, image.content_type,
+           TRANSFER_TIMEOUT)
+    return key, image
+
+
+def _record(c: Context, session: Session, info: JobInfo, stored: list[Stored]) -> None:
+    """Mark copied images stored (each once: the UPDATE is conditional) and put them on the timeline.
+
+    An image a concurrent run recorded first gets no second event and is not counted again.
+    """
     now = utcnow()
-    for s in stored:
-        session.execute(
-            sa.update(Asset).where(Asset.id == s.item.asset_id, Asset.stored_at.is_(None)).values(
-                storage_key=s.key, content_type=s.image.content_type, width=s.image.width,
-                height=s.image.height, bytes=s.image.size, sha256=s.image.sha256, stored_at=now)
-            .execution_options(synchronize_session=False))
+    recorded = [s for s in stored if session.execute(
+        sa.update(Asset).where(Asset.id == s.item.asset_id, Asset.stored_at.is_(None)).values(
+            storage_key=s.key, content_type=s.image.content_type, width=s.image.width,
+            height=s.image.height, bytes=s.image.size, sha256=s.image.sha256, stored_at=now)
+        .execution_options(synchronize_session=False)).rowcount]  # type: ignore[attr-defined]
     # Added, not executed: flushed with the session's other timeline rows in one INSERT.
     session.add_all([JobEvent(job_id=info.job_id, kind="image_stored", attempt=0, created_at=now,
-                              detail={"index": s.item.index, "key": s.key, "sha256": s.image.sha256})
-                     for s in stored])
+                              detail={"index": s.item.index, "key": s.key, "sha256": s.image.sha256, "path": s.path,
+                                      **({"fallback_reason": s.why} if s.why else {})})
+                     for s in recorded])
+    for s in recorded:
+        c.tally.add("orchestrator_images_stored_total", provider=info.provider, path=s.path)
 def _code(exc: ImageError) -> str:
     """A stable error code from the exception class: InvalidImage -> invalid_image."""
     name = type(exc).__name__
@@ -219,7 +264,7 @@ def _finish(c: Context, info: JobInfo, stored: list[Stored]) -> str:
         moved = state.transition(session, info.job_id, JobState.succeeded, kind="stored", expect=[JobState.storing],
                                  where=[_all_stored(info.job_id, [s.item.asset_id for s in stored])],
                                  locked=state.Known(JobState.storing, info.batch_id, info.attempt, info.provider))
-        _record(session, info, stored)
+        _record(c, session, info, stored)
         if not moved.applied:
             missing = session.scalar(_missing(info.job_id)) or 0
     if moved.applied:
@@ -239,7 +284,7 @@ def _missing(job_id: uuid.UUID) -> sa.Select[tuple[int]]:
 def _finish_catalog(c: Context, info: JobInfo, stored: list[Stored], ref: dict[str, Any]) -> str:
     """A catalog row's job: its images also go to the row's stable keys, verified, before it succeeds."""
     with c.session() as session:
-        _record(session, info, stored)
+        _record(c, session, info, stored)
         missing = session.scalar(_missing(info.job_id)) or 0
     if missing:
         return f"{missing} images still pending"
@@ -294,7 +339,7 @@ def _give_up(c: Context, info: JobInfo, problem: tuple[str, str], stored: list[S
     code, message = problem
     with c.session() as session:
         metrics.incr(session, "orchestrator_storage_failures_total", reason=code)
-        _record(session, info, stored)  # what was copied stays accounted for
+        _record(c, session, info, stored)  # what was copied stays accounted for
         state.fail(session, info.job_id, code, message[:2000], expect=[JobState.storing],
                    detail={"error": message, "code": code, "retryable": True})
     return f"failed: {code}"

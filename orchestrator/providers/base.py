@@ -50,6 +50,10 @@ class Capabilities:
     reports_cost: bool
     # How the provider counts billed megapixels: "ceil" per image (fal) or "exact" pro rata.
     price_rounding: PriceRounding
+    # The provider can PUT a finished image to a presigned URL itself (Runware's uploadEndpoint),
+    # one URL per request: SubmitRequest.upload_url. Its request id is our task id
+    # (knows_our_task_id), so the store step finds the upload under that id (storage.staging_key).
+    direct_upload: bool
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class SubmitRequest:
     lane: Lane
     # UUIDv4 unique per job attempt: Runware's taskUUID; fal assigns its own id and ignores it.
     task_id: str
+    # A presigned PUT URL for the request's one image (only with Capabilities.direct_upload).
+    upload_url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

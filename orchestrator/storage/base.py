@@ -72,6 +72,46 @@ class Storage(Protocol):
         ...
 
 
+@runtime_checkable
+class DirectUploads(Protocol):
+    """A backend a provider may PUT an image into itself (Runware's `uploadEndpoint`).
+
+    S3-compatible storage is one. The local backend is not: its presigned URLs are our own API,
+    so a provider's PUT would only come back through us. The provider writes a *staging* key
+    (`staging_key`); only after the store step has read and verified it does a server-side copy
+    put it at the final key, so a late or corrupted PUT can never replace a verified image.
+    """
+
+    def presign_upload(self, key: str, expires_in: int) -> str:
+        """A URL accepting one PUT of `key` whatever its Content-Type (the copy sets the verified one)."""
+        ...
+
+    def read_tagged(self, key: str, max_bytes: int) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag, or None when absent; StorageError above `max_bytes`."""
+        ...
+
+    def copy_verified(self, source: str, target: str, *, etag: str, sha256: str, content_type: str) -> bool:
+        """Copy `source` to `target` inside the store if it still is the object read as `etag`.
+
+        True when the copy holds exactly the bytes whose SHA-256 is `sha256`; False when the
+        source changed or vanished since it was read (`target` may then hold the changed bytes,
+        so the caller must write it again; deleting it could remove a concurrent run's good copy).
+        """
+        ...
+
+
+def staging_key(request_id: str, ext: str) -> str:
+    """Where a provider uploads the one image of its request `request_id` (`incoming/<id>.<ext>`).
+
+    One key per provider request, so a late upload of an earlier attempt never passes for this
+    attempt's image; outside the tenants' folders, so nothing reads it by mistake. It needs only
+    what a submit knows (the task id and the output format); the store step names the final key.
+    """
+    if not _EXT.fullmatch(ext):
+        raise ValueError("extension must be 1-8 lowercase letters or digits")
+    return validate_key(f"incoming/{sanitize_segment(request_id, 128)}.{ext}")
+
+
 def validate_key(key: str) -> str:
     """Return `key` if it is a safe relative object key, else raise ValueError."""
     if not key or len(key) > MAX_KEY_LENGTH:

@@ -197,6 +197,11 @@ def _transport_message(method: str, url: str, exc: Exception) -> str:
     return f"{method} {redact_url(url)} {kind}: {type(exc).__name__}: {redact_text(str(exc))}"
 
 
+def extension_for(output_format: str) -> str:
+    """The file extension of images in a job's `output_format` (jpeg -> jpg)."""
+    return _FORMATS[_FORMAT_ALIASES[output_format.lower()]][1]
+
+
 def verify_image(
     data: bytes,
     *,

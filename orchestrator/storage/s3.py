@@ -103,6 +103,10 @@ class S3Storage:
             raise StorageError(f"cannot presign {operation}: {type(exc).__name__}") from None
         return url
 
+    def presign_upload(self, key: str, expires_in: int) -> str:
+        """Return a URL accepting one PUT of `key` with any Content-Type (see DirectUploads)."""
+        return self._presign("put_object", {"Bucket": self.bucket, "Key": self.full_key(key)}, expires_in)
+
     def head(self, key: str) -> ObjectInfo | None:
         """Return size and content type via HEAD Object, or None if the key is absent."""
         resp = self._head(key, ChecksumMode="ENABLED")
@@ -134,6 +138,11 @@ class S3Storage:
 
     def read(self, key: str, max_bytes: int) -> bytes | None:
         """GET the object, refusing one above `max_bytes` before reading its body."""
+        got = self.read_tagged(key, max_bytes)
+        return None if got is None else got[0]
+
+    def read_tagged(self, key: str, max_bytes: int) -> tuple[bytes, str] | None:
+        """GET the object and its ETag, refusing one above `max_bytes` before reading its body."""
         try:
             resp = self._client.get_object(Bucket=self.bucket, Key=self.full_key(key))
         except ClientError as exc:
@@ -152,7 +161,31 @@ class S3Storage:
             body.close()
         if len(data) > max_bytes:
             raise StorageError(f"object exceeds {max_bytes} bytes")
-        return data
+        return data, str(resp.get("ETag", ""))
+
+    def copy_verified(self, source: str, target: str, *, etag: str, sha256: str, content_type: str) -> bool:
+        """CopyObject under `If-Match: etag`, the store computing the copy's SHA-256 (see DirectUploads).
+
+        The precondition stops a PUT that replaced the source after it was read; the checksum
+        proves the copy's bytes on servers that ignore the precondition (moto does).
+        """
+        try:
+            resp = self._client.copy_object(
+                Bucket=self.bucket, Key=self.full_key(target), CopySource={"Bucket": self.bucket,
+                                                                           "Key": self.full_key(source)},
+                CopySourceIfMatch=etag, MetadataDirective="REPLACE", ContentType=content_type,
+                ChecksumAlgorithm="SHA256")
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _MISSING_CODES or code in ("PreconditionFailed", "412"):
+                return False
+            raise StorageError(f"COPY {self.describe()}/{source} failed: {code or 'error'}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"COPY {self.describe()}/{source} failed: {type(exc).__name__}") from None
+        result = resp.get("CopyObjectResult", {})
+        copied = _sha256_hex(result.get("ChecksumSHA256"))
+        # Without a checksum (an older S3-compatible server), an unchanged single-part ETag will do.
+        return copied == sha256 or (copied is None and result.get("ETag") == etag)
 
     def delete(self, key: str) -> None:
         """DELETE the object (S3 answers success for a missing key too)."""

@@ -58,7 +58,8 @@ class FalAdapter:
     name = PROVIDER
     DEFAULT_BASE_URL: ClassVar[str] = DEFAULT_QUEUE_URL
     capabilities: ClassVar[Capabilities] = Capabilities(
-        images_together=True, knows_our_task_id=False, reports_cost=False, price_rounding="ceil")
+        images_together=True, knows_our_task_id=False, reports_cost=False, price_rounding="ceil",
+        direct_upload=False)
     webhook_headers: ClassVar[tuple[str, ...]] = SIGNED_HEADERS  # kept for the audit
 
     def __init__(

@@ -54,7 +54,8 @@ class RunwareAdapter:
     name = PROVIDER
     DEFAULT_BASE_URL: ClassVar[str] = DEFAULT_API_URL
     capabilities: ClassVar[Capabilities] = Capabilities(
-        images_together=False, knows_our_task_id=True, reports_cost=True, price_rounding="exact")
+        images_together=False, knows_our_task_id=True, reports_cost=True, price_rounding="exact",
+        direct_upload=True)
     webhook_headers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
@@ -94,10 +95,16 @@ class RunwareAdapter:
             "webhookURL": req.webhook_url,
             "includeCost": True,
         }
-        response, body = self._post(task, (req.webhook_url,))
+        # Only our own presigned URL goes here (a native field must not send images elsewhere).
+        task.pop("uploadEndpoint", None)
+        secrets: tuple[str, ...] = (req.webhook_url,)
+        if req.upload_url:
+            task["uploadEndpoint"] = req.upload_url
+            secrets += (req.upload_url,)
+        response, body = self._post(task, secrets)
         errors = _task_errors(body, req.task_id)
         if errors or not response.is_success:
-            raise self._error(response, errors, "submit", (req.webhook_url,))
+            raise self._error(response, errors, "submit", secrets)
         return Submitted(request_id=req.task_id, meta={})
 
     def poll(

@@ -9,6 +9,7 @@ import hashlib
 import io
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
@@ -16,37 +17,26 @@ import httpx
 import pytest
 from botocore.config import Config
 from flask import Flask
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from orchestrator.netutil import free_port
-from orchestrator.storage.base import StorageError, object_key
+from orchestrator.storage.base import DirectUploads, StorageError, object_key, staging_key
 from orchestrator.storage.factory import storage_from_url
 from orchestrator.storage.images import download_image, upload, verify_image
 from orchestrator.storage.s3 import S3Storage
 from tests.http_helpers import WsgiServer
+from tests.s3_helpers import moto_server, use_dummy_aws
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Dummy credentials, and no host AWS config leaking in."""
-    missing = tmp_path_factory.getbasetemp() / "no-aws-config"
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTTESTTEST")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "dummy-secret-access-key")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(missing))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(missing))
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
+    use_dummy_aws(monkeypatch, tmp_path_factory.getbasetemp() / "no-aws-config")
 
 
 @pytest.fixture
@@ -163,3 +153,32 @@ def test_exists_read_and_delete(endpoint: str, bucket: str, client: httpx.Client
     storage.delete(key)
     storage.delete(key)  # deleting a missing key is not an error
     assert storage.exists(key) is False
+
+
+def test_direct_upload_staging_then_verified_copy(endpoint: str, bucket: str, client: httpx.Client) -> None:
+    storage = storage_from_url(f"s3://{bucket}/p", s3_endpoint_url=endpoint, secret_key="", public_url="")
+    assert isinstance(storage, DirectUploads)
+    final = object_key("acme", "b42", 0, "c", 0, "jpg")
+    staging = staging_key("7b0c2a4e-1f2d-4c3b-9a8e-000000000001", "jpg")
+    assert staging == "incoming/7b0c2a4e-1f2d-4c3b-9a8e-000000000001.jpg"
+    data = jpeg_bytes(64, 40)
+    # The provider's Content-Type is not bound to the URL: whatever it sends, the PUT lands.
+    client.put(storage.presign_upload(staging, 300), content=data,
+               headers={"Content-Type": "application/octet-stream"}).raise_for_status()
+    got = storage.read_tagged(staging, 10_000)
+    assert got is not None and got[0] == data
+    sha = hashlib.sha256(data).hexdigest()
+    assert storage.copy_verified(staging, final, etag=got[1], sha256=sha, content_type="image/jpeg")
+    landed = storage.head(final)
+    assert landed is not None and landed.content_type == "image/jpeg" and landed.sha256 == sha
+    # The staging object changed after it was read (a late PUT): the copy is refused.
+    client.put(storage.presign_upload(staging, 300), content=data[:100]).raise_for_status()
+    assert not storage.copy_verified(staging, final, etag=got[1], sha256=sha, content_type="image/jpeg")
+    storage.delete(staging)
+    assert storage.read_tagged(staging, 10_000) is None
+    assert not storage.copy_verified(staging, final, etag=got[1], sha256=sha, content_type="image/jpeg")
+
+
+def test_local_storage_takes_no_direct_uploads(tmp_path: Path) -> None:
+    local = storage_from_url(tmp_path.as_uri(), s3_endpoint_url=None, secret_key="k", public_url="http://x")
+    assert not isinstance(local, DirectUploads)

@@ -92,6 +92,28 @@ def test_submit_protocol_fields_win_over_payload(fake: FakeProvider) -> None:
     assert (task["deliveryMethod"], task["taskUUID"], task["webhookURL"]) == ("async", TASK, WEBHOOK)
 
 
+
+UPLOAD = "http://127.0.0.1:9000/bucket/incoming/t/0.jpg?X-Amz-Signature=pr3s1gned"
+
+
+def test_submit_passes_our_upload_url_only(fake: FakeProvider) -> None:
+    fake.reply(200, {"data": []})
+    adapter(fake).submit(request({"positivePrompt": "p", "uploadEndpoint": "http://elsewhere/"}))
+    assert "uploadEndpoint" not in fake.json_sent()[0]
+    fake.reply(200, {"data": []})
+    req = SubmitRequest("runware:101@1", {"positivePrompt": "p"}, WEBHOOK, "bulk", TASK, upload_url=UPLOAD)
+    adapter(fake).submit(req)
+    assert fake.json_sent()[0]["uploadEndpoint"] == UPLOAD
+    assert "pr3s1gned" not in repr(req)
+
+
+def test_submit_messages_hide_the_upload_url(fake: FakeProvider) -> None:
+    fake.reply(400, {"errors": [{"code": "invalidUploadEndpoint", "message": f"cannot PUT {UPLOAD}"}]})
+    req = SubmitRequest("runware:101@1", {"positivePrompt": "p"}, WEBHOOK, "bulk", TASK, upload_url=UPLOAD)
+    with pytest.raises(PermanentProviderError) as info:
+        adapter(fake).submit(req)
+    assert "pr3s1gned" not in str(info.value)
+
 @pytest.mark.parametrize("task_id", ["not-a-uuid", "00000000-0000-1000-8000-000000000000"])
 def test_submit_requires_uuid4_without_calling(fake: FakeProvider, task_id: str) -> None:
     with pytest.raises(PermanentProviderError) as info:
