@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import binding, queue, webhook_urls
@@ -41,8 +42,7 @@ def receive(provider: str, job_id: str, attempt: str) -> Response | tuple[Respon
     if provider not in registry.PROVIDERS:
         return _reject(provider, raw, headers, None, None, 404, "no webhook endpoint for this provider")
     target = webhook_urls.target(provider, job_id, attempt)
-    session = db()
-    job = session.connection().execute(_JOB, {"job_id": target.job_id}).one_or_none() if target else None
+    job = _connection().execute(_JOB, {"job_id": target.job_id}).one_or_none() if target else None
     if target is None or job is None:
         return _reject(provider, raw, headers, None, None, 404, "no such job")
     bind(job_id=job.id, batch_id=job.batch_id)
@@ -57,7 +57,7 @@ def receive(provider: str, job_id: str, attempt: str) -> Response | tuple[Respon
     except TransientProviderError:
         # We cannot check it right now (fal's signing keys); a 5xx makes the provider deliver again later.
         return problem(503, "Verification unavailable", "signing keys could not be fetched", BASE + "unavailable")
-    verdict = binding.judge(session, job, target.attempt, provider, raw, headers)
+    verdict = binding.judge(db(), job, target.attempt, provider, raw, headers)
     if verdict.decision == "refused":
         return _reject(provider, raw, headers, job.id, target.attempt, 409, verdict.reason, keep_body=True)
     key = adapter.event_key(job.id, target.attempt, verdict.claimed or "", raw)
@@ -76,6 +76,19 @@ def unknown_path(rest: str) -> tuple[Response, int]:
     """Any other callback path: refused, and kept in the inbox for the audit like every other callback."""
     raw, headers = request.get_data(cache=False), _kept_headers()
     return _reject(rest.split("/", 1)[0], raw, headers, None, None, 404, "no such webhook endpoint")
+
+
+def _connection() -> Connection:
+    """The request session's connection, in autocommit from its first statement on.
+
+    Every write the receiver makes is one statement (a delivery stored, counted or refused),
+    committed and durable when it returns, before any answer; BEGIN and COMMIT would be two
+    more round trips for nothing. Nothing here reads twice expecting the same snapshot.
+    """
+    session = db()
+    if session.in_transaction():
+        return session.connection()
+    return session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 def _kept_headers() -> dict[str, str]:
@@ -97,7 +110,7 @@ def _store(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, atte
     try:
         # One statement stores the delivery or counts the duplicate: a new row comes back with
         # duplicates 0, a repeated event key with its counter raised.
-        new_id, duplicates = session.connection().execute(_upsert_for(session.get_bind().dialect.name), values).one()
+        new_id, duplicates = _connection().execute(_upsert_for(session.get_bind().dialect.name), values).one()
         session.commit()
     except SQLAlchemyError:
         log.exception("could not store webhook delivery")
@@ -128,7 +141,7 @@ def _reject(provider: str, raw: bytes, headers: dict[str, str], job_id: Any, att
     body = raw[:65536] if keep_body else raw[:1024]
     headers = {**headers, "x-body-sha256": hashlib.sha256(raw).hexdigest(), "x-body-bytes": str(len(raw))}
     try:
-        session.connection().execute(sa.insert(_DELIVERIES), {
+        _connection().execute(sa.insert(_DELIVERIES), {
             "provider": provider[:16], "job_id": job_id, "attempt": attempt, "verified": False,
             "rejection": reason[:200], "headers": headers, "body": body, "duplicates": 0})
         session.commit()
