@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -199,7 +200,9 @@ class Row:
         n = len(self.load.statuses)
         ok = sum(1 for s in self.load.statuses if s == self.expected)
         lat = [v * 1000 for v in self.load.latencies]
-        return [self.name, n, f"{ok} x {self.expected}", ok / self.load.seconds, common.percentile(lat, 50),
+        others = Counter(s for s in self.load.statuses if s != self.expected)
+        answered = " ".join([f"{ok} x {self.expected}", *(f"+{k} x {s}" for s, k in sorted(others.items()))])
+        return [self.name, n, answered, ok / self.load.seconds, common.percentile(lat, 50),
                 common.percentile(lat, 99), 1000 * self.server_cpu / n, 1000 * self.load.client_cpu / n,
                 100 * self.load.client_cpu / self.load.seconds]
 
