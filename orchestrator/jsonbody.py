@@ -21,6 +21,8 @@ MAX_DEPTH = 64  # far beyond any real batch; keeps every later recursive step (p
 MAX_INT_DIGITS = 30  # any real seed, size or count fits in 64 bits (20 digits)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _UNSAFE = re.compile("[\x00\ud800-\udfff]")
+# The \u escape of a NUL or a surrogate (a valid pair \ud83d\ude00 matches too: it just takes the full check).
+_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
 Path = tuple[str | int, ...]
 
@@ -63,7 +65,9 @@ class BodyProblem(Exception):
 def loads(raw: bytes | str) -> Any:
     """Parse JSON text, or raise BodyProblem naming the first hostile place."""
     try:
-        data = json.loads(raw, parse_int=_int, parse_float=_float, parse_constant=_constant)
+        # Decoded as json.loads decodes bytes (UTF-8/16/32, surrogates kept), so _SUSPECT sees the text.
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass") if isinstance(raw, bytes) else raw
+        data = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
     except UnicodeDecodeError:
         raise BodyProblem(None, "the body is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
@@ -73,8 +77,38 @@ def loads(raw: bytes | str) -> Any:
         raise BodyProblem(path, f"nested deeper than {MAX_DEPTH} levels", custom_ids) from None
     except ValueError as exc:  # e.g. int() limits not caught above
         raise BodyProblem(None, f"invalid JSON: {exc}") from None
-    check(data)
+    # The full walk (a path for every value) costs a second on a 100,000-item batch; it runs only
+    # when there may be something to name: a refused number or too deep a nesting (the cheap walk
+    # over the containers finds them), or a NUL or surrogate, which a parsed string can only hold
+    # if the text has it raw or as a \u escape.
+    if _suspect(text) or not _plain(data, 0):
+        check(data)
     return data
+
+
+def _suspect(text: str) -> bool:
+    """Whether the text may hold a NUL or a lone surrogate (each test is one pass in C)."""
+    if "\x00" in text or _ESCAPE.search(text):
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")  # strict: fails on a surrogate
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """No refused number and no nesting past MAX_DEPTH (recursion stops there, so the stack is safe)."""
+    if depth > MAX_DEPTH:
+        return False
+    children = value.values() if type(value) is dict else value if type(value) is list else ()
+    for child in children:
+        kind = type(child)
+        if kind is _Refused or ((kind is dict or kind is list) and not _plain(child, depth + 1)):
+            return False
+    return True
 
 
 def check(data: Any) -> None:

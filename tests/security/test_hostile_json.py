@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator import jsonbody
 from orchestrator.models import Batch, Delivery, Job
 from orchestrator.schedule_models import Schedule
 from orchestrator.settings import Settings
@@ -31,6 +32,9 @@ CASES = [
     ("lone-surrogate", '{"custom_id": "c1", "model": "%s", "prompt": "\\ud800"}' % MODEL, "prompt", "c1"),
     ("deep-nesting", '{"custom_id": "c1", "model": "%s", "prompt": "a", "native": {"x": %s}}' % (MODEL, DEEP),
      "native.x", "c1"),
+    # Past MAX_DEPTH but well within what json.loads itself can parse.
+    ("nested-past-the-limit", '{"custom_id": "c1", "model": "%s", "prompt": "a", "native": {"x": %s}}'
+     % (MODEL, "[" * 100 + "]" * 100), "native.x", "c1"),
     ("huge-integer", '{"custom_id": "c1", "model": "%s", "prompt": "a", "seed": %s}' % (MODEL, BIG), "seed", "c1"),
     ("nan", '{"custom_id": "c1", "model": "%s", "prompt": "a", "guidance": NaN}' % MODEL, "guidance", "c1"),
     ("nul-in-key", '{"custom_id": "c1", "model": "%s", "prompt": "a", "native": {"k\\u0000": 1}}' % MODEL,
@@ -169,3 +173,21 @@ def test_every_json_body_operation_refuses_hostile_json(http: httpx.Client, sess
             assert resp.headers["content-type"].startswith("application/problem+json")
             tried += 1
     assert tried >= 5
+
+
+@pytest.mark.parametrize(("raw", "path"), [
+    (b'{"items": [{"prompt": "\xed\xa0\x80"}]}', ("items", 0, "prompt")),  # a surrogate as raw UTF-8 bytes
+    ('{"a": ["x", "\\u0000"]}'.encode("utf-16"), ("a", 1)),  # UTF-16 text, its NUL as an escape
+    (b'{"a": {"b\\uDFFF": 1}}', ("a", "b\udfff")),  # a key, upper-case hex
+    (b'{"a": [1, 2, NaN]}', ("a", 2)),
+])
+def test_loads_finds_what_the_quick_scan_must_not_miss(raw: bytes, path: tuple[Any, ...]) -> None:
+    with pytest.raises(jsonbody.BodyProblem) as caught:
+        jsonbody.loads(raw)
+    assert caught.value.path == path
+
+
+def test_loads_lets_valid_text_through() -> None:
+    text = '{"p": "caf\\u00e9 \\ud83e\\udd8a \\\\u0000", "n": [[[1.5, -2, true, null]]]}'
+    assert jsonbody.loads(text.encode()) == {"p": "café 🦊 \\u0000", "n": [[[1.5, -2, True, None]]]}
+    assert jsonbody.loads(text.encode("utf-16")) == jsonbody.loads(text) == json.loads(text)
