@@ -283,13 +283,13 @@ def wait_final(client: httpx.Client, batch_id: str, procs: list[common.Proc], ti
 
 # --- reporting -----------------------------------------------------------------------------
 
-def print_results(opts: Options, runs: list[SizeRun]) -> None:
+def print_results(opts: Options, runs: list[SizeRun], load: float) -> None:
     """Peak RSS per process and size, and the ratio of the largest size to the smallest."""
     lo, hi = opts.latency
     print(f"\nPeak RSS (MiB, whole process group) per batch size; {min(opts.e2e_jobs, min(opts.sizes))} jobs end "
           f"to end through the fal sandbox (latency {lo:g}-{hi:g} s, limit {opts.limit}), the rest settled in SQL; "
-          f"{opts.workers} worker(s) x {opts.worker_concurrency} threads + beat; load average before: "
-          f"{os.getloadavg()[0]:.2f}")
+          f"{opts.workers} worker(s) x {opts.worker_concurrency} threads + beat; load average before: {load:.2f}, "
+          f"after: {os.getloadavg()[0]:.2f}")
     first, last = runs[0], runs[-1]
     headers = ["process", *(f"idle {r.size:,}" for r in runs), *(f"peak {r.size:,}" for r in runs),
                f"peak {last.size:,} / {first.size:,}"]
@@ -339,11 +339,11 @@ def parse_args(argv: list[str] | None) -> Options:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     opts = parse_args(argv)
-    runs = []
+    runs, load = [], os.getloadavg()[0]
     for size in opts.sizes:
         with tempfile.TemporaryDirectory() as tmp:
             runs.append(run_size(opts, size, Path(tmp)))
-    print_results(opts, runs)
+    print_results(opts, runs, load)
 
 
 if __name__ == "__main__":
