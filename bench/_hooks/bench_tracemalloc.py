@@ -1,10 +1,12 @@
 """Benchmark-only hook: where a process's Python memory grows (tracemalloc), under BENCH_TRACEMALLOC_DIR.
 
-Imported by sitecustomize.py when that variable is set. A daemon thread takes a snapshot every
-BENCH_TRACEMALLOC_SECONDS (default 5) and writes BENCH_TRACEMALLOC_DIR/<pid>.txt: the traced
-total and peak, then the 25 allocation sites that grew most since the first snapshot (by line,
-with the innermost frames of their traceback). Tracing slows a process down several times:
-use it to find a leak, never for the figures of a timed run.
+Imported by sitecustomize.py when that variable is set. A daemon thread starts tracing
+BENCH_TRACEMALLOC_START seconds (default 15) after the process starts (tracing its imports too
+would slow start-up past the benchmarks' readiness waits, and growth is what we are after), then
+takes a snapshot every BENCH_TRACEMALLOC_SECONDS (default 5) and writes
+BENCH_TRACEMALLOC_DIR/<pid>.txt: the traced total and peak, then the 25 allocation sites that
+grew most since the first snapshot (with the innermost frames of their traceback). Tracing slows
+a process down several times: use it to find a leak, never for the figures of a timed run.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ import threading
 import time
 import tracemalloc
 
-FRAMES = 12
+FRAMES = 8
 TOP = 25
 
 
 def install(folder: str) -> None:
-    """Start tracing and the snapshot writer."""
+    """Start the thread that starts tracing and writes the snapshots."""
+    delay = float(os.environ.get("BENCH_TRACEMALLOC_START", "15"))
     interval = float(os.environ.get("BENCH_TRACEMALLOC_SECONDS", "5"))
-    tracemalloc.start(FRAMES)
 
     def write() -> None:
+        time.sleep(delay)
+        tracemalloc.start(FRAMES)
         first = tracemalloc.take_snapshot()
         while True:
             time.sleep(interval)
