@@ -9,8 +9,9 @@ same index maintenance. Methods:
 - api:          POST /v1/batches through a real HTTP server, from request start to the 201.
 - copy:         one batch row plus the same job rows with psycopg COPY (the floor).
 - executemany:  the same rows with psycopg's cursor.executemany (pipelined INSERTs).
-- sqlalchemy:   the same rows through the app's own insert path (batches.insert_jobs), no HTTP,
-                no validation: the difference to `api` is what validation and HTTP cost.
+- insert_jobs:  the same rows through the app's own write path (batches.insert_jobs: COPY on
+                Postgres, via orchestrator.bulk), no HTTP, no validation: the difference to `api`
+                is what validation, pricing and HTTP cost.
 
 Then, once, the API path split into phases in-process, and with --profile a cProfile of the API
 request (run separately, so the profiler's overhead does not distort the timings).
@@ -23,6 +24,7 @@ import cProfile
 import io
 import json
 import logging
+import os
 import pstats
 import statistics
 import sys
@@ -167,7 +169,7 @@ def write_executemany(plan: intake.Plan) -> Callable[[Connection, Batch, datetim
     return write
 
 
-def write_sqlalchemy(plan: intake.Plan) -> Callable[[Connection, Batch, datetime], None]:
+def write_insert_jobs(plan: intake.Plan) -> Callable[[Connection, Batch, datetime], None]:
     def write(conn: Connection, batch: Batch, now: datetime) -> None:
         session = Session(bind=conn)  # joins the transaction timed_insert opened
         batches.insert_jobs(session, batch, plan, now)
@@ -176,24 +178,32 @@ def write_sqlalchemy(plan: intake.Plan) -> Callable[[Connection, Batch, datetime
 
 # --- measuring and reporting ---------------------------------------------------------------
 
-def measure(name: str, repeat: int, engine: Engine, once: Callable[[], float]) -> list[float]:
-    """Run `once` `repeat` times from empty tables; returns the seconds of each run."""
-    times = []
+def measure(methods: dict[str, Callable[[], float]], repeat: int, engine: Engine) -> dict[str, list[float]]:
+    """Each method once per round, `repeat` rounds, each run from empty tables; the seconds of each run.
+
+    Round-robin rather than one method's runs in a row, so a load that comes and goes on a
+    shared machine falls on every method alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeat):
-        empty_tables(engine)
-        times.append(once())
-        print(f"  {name:<12} {times[-1]:8.3f} s", file=sys.stderr)
+        for name, once in methods.items():
+            empty_tables(engine)
+            times[name].append(once())
+            print(f"  {name:<12} {times[name][-1]:8.3f} s", file=sys.stderr)
     return times
 
 
 def print_table(results: dict[str, list[float]], items: int) -> None:
-    """Method, best and median seconds, rows/s, and the ratios against COPY and executemany."""
+    """Method, best and median seconds, rows/s, and the ratios of the medians against COPY and executemany."""
     best = {name: min(times) for name, times in results.items()}
-    print(f"\n{items:,} items, best of {len(next(iter(results.values())))} runs")
+    median = {name: statistics.median(times) for name, times in results.items()}
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\n{items:,} items, {len(next(iter(results.values())))} runs each; rows/s and ratios from the medians"
+          f" (load average now {load})")
     print(f"{'method':<12} {'best s':>8} {'median s':>9} {'rows/s':>10} {'vs COPY':>8} {'vs execmany':>11}")
-    for name, times in results.items():
-        print(f"{name:<12} {best[name]:8.3f} {statistics.median(times):9.3f} {items / best[name]:10,.0f} "
-              f"{best[name] / best['copy']:7.2f}x {best[name] / best['executemany']:10.2f}x")
+    for name in results:
+        print(f"{name:<12} {best[name]:8.3f} {median[name]:9.3f} {items / median[name]:10,.0f} "
+              f"{median[name] / median['copy']:7.2f}x {median[name] / median['executemany']:10.2f}x")
 
 
 def phases(engine: Engine, body: bytes, max_items: int) -> list[tuple[str, float]]:
@@ -275,14 +285,12 @@ def run(items: int, repeat: int, profile: bool, redis_url: str) -> None:
         app = create_app(settings)
         print(f"body {len(body) / 1e6:.1f} MB, {items:,} items", file=sys.stderr)
         with serve(app) as base_url:
-            results = {
-                "api": measure("api", repeat, engine, lambda: post_batch(base_url, token, body)),
-                "copy": measure("copy", repeat, engine, lambda: timed_insert(engine, plan, write_copy(plan))),
-                "executemany": measure("executemany", repeat, engine,
-                                       lambda: timed_insert(engine, plan, write_executemany(plan))),
-                "sqlalchemy": measure("sqlalchemy", repeat, engine,
-                                      lambda: timed_insert(engine, plan, write_sqlalchemy(plan))),
-            }
+            results = measure({
+                "api": lambda: post_batch(base_url, token, body),
+                "copy": lambda: timed_insert(engine, plan, write_copy(plan)),
+                "executemany": lambda: timed_insert(engine, plan, write_executemany(plan)),
+                "insert_jobs": lambda: timed_insert(engine, plan, write_insert_jobs(plan)),
+            }, repeat, engine)
         print_table(results, items)
         print_phases(phases(engine, body, settings.max_items_per_batch))
         if profile:
@@ -299,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--items", type=int, default=100_000, help="items in the batch (default 100000)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per method; the best is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per method; the median is compared")
     parser.add_argument("--profile", action="store_true", help="also cProfile one API request")
     parser.add_argument("--redis-url", default=common.REDIS_URL,
                         help="the broker the API publishes to; flushed (default ORCH_BENCH_REDIS_URL or db 12)")
