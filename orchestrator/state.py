@@ -16,6 +16,7 @@ acts on the outbox after the commit (the workers' context; the API through
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from orchestrator import outbox
-from orchestrator.db import utcnow
+from orchestrator.db import as_utc, utcnow
 from orchestrator.models import FINAL_BATCH, Batch, BatchState, Job, JobEvent, JobState
 
 Q, SI, SD, ST = JobState.queued, JobState.submitting, JobState.submitted, JobState.storing
@@ -260,24 +261,50 @@ def flush_counts(session: Session) -> None:
 
 
 def _apply_counts(session: Session, batch_id: uuid.UUID, entry: _Pending, now: datetime) -> None:
-    table = Batch.__table__
-    values: dict[str, Any] = {
-        f"count_{state_.value}": table.c[f"count_{state_.value}"] + n for state_, n in entry.delta.items() if n
-    }
-    if entry.cost:
-        values["cost"] = table.c.cost + entry.cost
-    returning = [table.c.state, table.c.total, *(table.c[name] for name in COUNT_COLUMNS)]
-    if values:
-        row = session.execute(sa.update(table).where(table.c.id == batch_id).values(**values)
-                              .returning(*returning)).one()
-    else:
-        row = session.execute(sa.select(*returning).where(table.c.id == batch_id)).one()
+    """One UPDATE: the counters, `running` once a job has left `queued`, and the final state
+    exactly once, when no job is active any more (conditional on the batch not being final yet).
+
+    One statement, because the batch row is the one row every transition of the batch locks: it
+    is held from this UPDATE to the COMMIT that follows it at once, with no other round trip in
+    between. The statement is built once per shape of change and run with parameters.
+    """
+    changed = tuple(sorted(state_.value for state_, n in entry.delta.items() if n))
+    params: dict[str, Any] = {f"d_{name}": entry.delta[JobState(name)] for name in changed}
+    params.update(batch_id=batch_id, now=now, cost=entry.cost)
+    row = session.execute(_counts_statement(changed, bool(entry.cost)), params).one()
     _expire_loaded(session, batch_id)
-    counts = {name: getattr(row, name) for name in COUNT_COLUMNS}
-    if BatchState(row.state) is BatchState.queued and counts["count_queued"] < row.total:
-        session.execute(sa.update(Batch).where(Batch.id == batch_id, Batch.state == BatchState.queued)
-                        .values(state=BatchState.running, started_at=now))
-    _finish_if_done(session, batch_id, row.total, counts, now)
+    if BatchState(row.state) in FINAL_BATCH and row.completed_at is not None and as_utc(row.completed_at) == now:
+        outbox.of(session).finished.add(batch_id)  # this statement finished it: its completion notice follows
+
+
+@functools.cache
+def _counts_statement(changed: tuple[str, ...], with_cost: bool) -> sa.Update:
+    table = Batch.__table__
+    col = {state_.value: table.c[f"count_{state_.value}"] for state_ in JobState}
+    new = {name: (col[name] + sa.bindparam(f"d_{name}", type_=sa.Integer)) if name in changed else col[name]
+           for name in col}
+    values: dict[str, Any] = {f"count_{name}": new[name] for name in changed}
+    if with_cost:
+        values["cost"] = table.c.cost + sa.bindparam("cost", type_=table.c.cost.type)
+    state_type, at = table.c.state.type, sa.bindparam("now", type_=table.c.completed_at.type)
+
+    def lit(value: BatchState) -> Any:
+        return sa.literal(value, type_=state_type)
+
+    active = sum((new[state_.value] for state_ in ACTIVE), sa.literal(0))
+    finishing = sa.and_(active == 0, table.c.total > 0, table.c.state.not_in([lit(b) for b in FINAL_BATCH]))
+    final = sa.case((new["cancelled"] > 0, lit(BatchState.cancelled)),
+                    (new["failed"] == 0, lit(BatchState.succeeded)),
+                    (new["succeeded"] == 0, lit(BatchState.failed)),
+                    else_=lit(BatchState.partially_failed))
+    starting = sa.and_(table.c.state == lit(BatchState.queued), new["queued"] < table.c.total)
+    values.update(
+        state=sa.case((finishing, final), (starting, lit(BatchState.running)), else_=table.c.state),
+        started_at=sa.case((starting, at), else_=table.c.started_at),
+        completed_at=sa.case((finishing, at), else_=table.c.completed_at),
+        completion_round=sa.case((finishing, table.c.completion_round + 1), else_=table.c.completion_round))
+    return (sa.update(table).where(table.c.id == sa.bindparam("batch_id", type_=table.c.id.type)).values(**values)
+            .returning(table.c.state, table.c.completed_at))
 
 
 def _expire_loaded(session: Session, batch_id: uuid.UUID) -> None:
@@ -285,24 +312,6 @@ def _expire_loaded(session: Session, batch_id: uuid.UUID) -> None:
     loaded = session.identity_map.get(session.identity_key(Batch, batch_id))  # type: ignore[arg-type]
     if loaded is not None:
         session.expire(loaded)
-
-
-def _finish_if_done(session: Session, batch_id: uuid.UUID, total: int, counts: Mapping[str, int],
-                    now: datetime) -> BatchState | None:
-    active = sum(counts[f"count_{state_.value}"] for state_ in ACTIVE)
-    if active or total == 0:
-        return None
-    final = final_state(counts["count_succeeded"], counts["count_failed"], counts["count_cancelled"])
-    done = session.execute(
-        sa.update(Batch)
-        .where(Batch.id == batch_id, Batch.state.not_in(FINAL_BATCH))
-        .values(state=final, completed_at=now, completion_round=Batch.completion_round + 1)
-    )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    _expire_loaded(session, batch_id)
-    outbox.of(session).finished.add(batch_id)  # its completion notice follows the commit
-    return final
 
 
 @event.listens_for(Session, "before_commit")
