@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from orchestrator import outbox
 from orchestrator.db import as_utc, utcnow
@@ -125,21 +126,60 @@ def transition(
         updates.setdefault("completed_at", now)
     if cost is not None:
         updates["cost"] = cost
-    if locked is not None:
-        guard.append(Job.attempt == locked.attempt)
-    result = session.execute(
-        sa.update(Job).where(Job.id == job_id, Job.state == current, *guard).values(**updates)
-    )
+    if guard or not _plain(updates):  # conditions of the caller's: the statement is built here
+        if locked is not None:
+            guard.append(Job.attempt == locked.attempt)
+        result = session.execute(
+            sa.update(Job).where(Job.id == job_id, Job.state == current, *guard).values(**updates)
+        )
+    else:  # the usual case: a prebuilt statement, and the loaded job (if any) kept in step by hand
+        params = {f"v_{name}": value for name, value in updates.items()}
+        params.update(w_id=job_id, w_state=current)
+        if locked is not None:
+            params["w_attempt"] = locked.attempt
+        result = session.execute(_update_statement(tuple(sorted(updates)), locked is not None), params)
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            _sync_loaded(session, job_id, updates)
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return Transition(False, current)
     event_detail = dict(detail or {})
     if reason:
         event_detail["reason"] = reason
-    session.add(JobEvent(job_id=job_id, kind=kind, attempt=updates.get("attempt", row.attempt),
-                         from_state=current.value, to_state=to_state.value, detail=event_detail))
+    add_event(session, job_id, kind, updates.get("attempt", row.attempt), event_detail, current, to_state, now)
     _note_consequences(session, job_id, current, to_state, row.provider, updates, now)
     shift_counts(session, batch_id, {current: -1, to_state: +1}, cost=cost, now=now)
     return Transition(True, current)
+
+
+_JOB_COLUMNS = frozenset(Job.__table__.c.keys())
+
+
+def _plain(updates: Mapping[str, Any]) -> bool:
+    """Values only (no SQL expressions), all of them plain columns: the prebuilt UPDATE fits."""
+    return all(name in _JOB_COLUMNS and not isinstance(value, sa.ClauseElement) for name, value in updates.items())
+
+
+@functools.cache
+def _update_statement(names: tuple[str, ...], with_attempt: bool) -> sa.Update:
+    """UPDATE jobs SET <names> WHERE id = :w_id AND state = :w_state [AND attempt = :w_attempt], built once.
+
+    (Parameter names are no column's: Core would read a column-named parameter as a SET value.)
+    """
+    table = Job.__table__
+    where = [table.c.id == sa.bindparam("w_id", type_=table.c.id.type),
+             table.c.state == sa.bindparam("w_state", type_=table.c.state.type)]
+    if with_attempt:
+        where.append(table.c.attempt == sa.bindparam("w_attempt", type_=table.c.attempt.type))
+    return sa.update(table).where(*where).values(
+        {name: sa.bindparam(f"v_{name}", type_=table.c[name].type) for name in names})
+
+
+def _sync_loaded(session: Session, job_id: uuid.UUID, updates: Mapping[str, Any]) -> None:
+    """The session's loaded Job (if any) takes the values just written, as an ORM UPDATE would."""
+    loaded = session.identity_map.get(session.identity_key(Job, job_id))  # type: ignore[arg-type]
+    if loaded is not None:
+        for name, value in updates.items():
+            set_committed_value(loaded, name, value)
 
 
 @dataclass(frozen=True)
@@ -213,7 +253,28 @@ def claim(session: Session, due: sa.Select[Any] | list[uuid.UUID], now: datetime
 
 def record(session: Session, job_id: uuid.UUID, kind: str, attempt: int = 0, **detail: Any) -> None:
     """Append a timeline event that does not change state (poll, duplicate webhook, ...)."""
-    session.add(JobEvent(job_id=job_id, kind=kind, attempt=attempt, detail=detail))
+    add_event(session, job_id, kind, attempt, detail)
+
+
+EVENTS_KEY = "state_pending_events"
+
+
+def add_event(session: Session, job_id: uuid.UUID, kind: str, attempt: int, detail: Mapping[str, Any],
+              from_state: JobState | None = None, to_state: JobState | None = None,
+              at: datetime | None = None) -> None:
+    """Append a timeline row; the transaction's rows are written by one INSERT just before its
+    commit (or before anything in it reads the timeline)."""
+    session.info.setdefault(EVENTS_KEY, []).append({
+        "job_id": job_id, "kind": kind, "attempt": attempt, "detail": dict(detail),
+        "from_state": from_state.value if from_state else None, "to_state": to_state.value if to_state else None,
+        "created_at": at or utcnow()})
+
+
+def flush_events(session: Session) -> None:
+    """Write the pending timeline rows (one executemany INSERT)."""
+    rows = session.info.pop(EVENTS_KEY, None)
+    if rows:
+        session.execute(sa.insert(JobEvent.__table__), rows)
 
 
 COUNT_COLUMNS = tuple(f"count_{state.value}" for state in JobState)
@@ -270,7 +331,9 @@ def _apply_counts(session: Session, batch_id: uuid.UUID, entry: _Pending, now: d
     """
     changed = tuple(sorted(state_.value for state_, n in entry.delta.items() if n))
     params: dict[str, Any] = {f"d_{name}": entry.delta[JobState(name)] for name in changed}
-    params.update(batch_id=batch_id, now=now, cost=entry.cost)
+    params.update(w_batch=batch_id, w_now=now)
+    if entry.cost:
+        params["d_cost"] = entry.cost
     row = session.execute(_counts_statement(changed, bool(entry.cost)), params).one()
     _expire_loaded(session, batch_id)
     if BatchState(row.state) in FINAL_BATCH and row.completed_at is not None and as_utc(row.completed_at) == now:
@@ -285,8 +348,8 @@ def _counts_statement(changed: tuple[str, ...], with_cost: bool) -> sa.Update:
            for name in col}
     values: dict[str, Any] = {f"count_{name}": new[name] for name in changed}
     if with_cost:
-        values["cost"] = table.c.cost + sa.bindparam("cost", type_=table.c.cost.type)
-    state_type, at = table.c.state.type, sa.bindparam("now", type_=table.c.completed_at.type)
+        values["cost"] = table.c.cost + sa.bindparam("d_cost", type_=table.c.cost.type)
+    state_type, at = table.c.state.type, sa.bindparam("w_now", type_=table.c.completed_at.type)
 
     def lit(value: BatchState) -> Any:
         return sa.literal(value, type_=state_type)
@@ -303,7 +366,7 @@ def _counts_statement(changed: tuple[str, ...], with_cost: bool) -> sa.Update:
         started_at=sa.case((starting, at), else_=table.c.started_at),
         completed_at=sa.case((finishing, at), else_=table.c.completed_at),
         completion_round=sa.case((finishing, table.c.completion_round + 1), else_=table.c.completion_round))
-    return (sa.update(table).where(table.c.id == sa.bindparam("batch_id", type_=table.c.id.type)).values(**values)
+    return (sa.update(table).where(table.c.id == sa.bindparam("w_batch", type_=table.c.id.type)).values(**values)
             .returning(table.c.state, table.c.completed_at))
 
 
@@ -316,22 +379,28 @@ def _expire_loaded(session: Session, batch_id: uuid.UUID) -> None:
 
 @event.listens_for(Session, "before_commit")
 def _counts_before_commit(session: Session) -> None:
-    if session.info.get(PENDING_KEY):
+    if session.info.get(PENDING_KEY) or session.info.get(EVENTS_KEY):
         session.flush()  # everything else first: the batch row is locked only for the last statement
+        flush_events(session)
         flush_counts(session)
 
 
 @event.listens_for(Session, "do_orm_execute")
-def _counts_before_batch_read(orm_execute_state: ORMExecuteState) -> None:
+def _pending_before_read(orm_execute_state: ORMExecuteState) -> None:
     session = orm_execute_state.session
-    if session.info.get(PENDING_KEY) and orm_execute_state.is_select and any(
-            m.class_ is Batch for m in orm_execute_state.all_mappers):
+    if not orm_execute_state.is_select or not (session.info.get(PENDING_KEY) or session.info.get(EVENTS_KEY)):
+        return
+    classes = {m.class_ for m in orm_execute_state.all_mappers}
+    if JobEvent in classes and session.info.get(EVENTS_KEY):
+        flush_events(session)
+    if Batch in classes and session.info.get(PENDING_KEY):
         flush_counts(session)
 
 
 @event.listens_for(Session, "after_rollback")
 def _forget_after_rollback(session: Session) -> None:
     session.info.pop(PENDING_KEY, None)
+    session.info.pop(EVENTS_KEY, None)
     outbox.drop(session)
 
 

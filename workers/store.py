@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from orchestrator import catalog_runs, metrics, queue, state
 from orchestrator.db import utcnow
 from orchestrator.log import bound
-from orchestrator.models import Asset, Job, JobEvent, JobState
+from orchestrator.models import Asset, Job, JobState
 from orchestrator.storage.base import StorageError, object_key
 from orchestrator.storage.images import (
     DownloadFailed,
@@ -236,17 +236,17 @@ def _record(c: Context, session: Session, info: JobInfo, stored: list[Stored]) -
     """
     now = utcnow()
     recorded = [s for s in stored if session.execute(
-        sa.update(Asset).where(Asset.id == s.item.asset_id, Asset.stored_at.is_(None)).values(
+        sa.update(Asset.__table__).where(Asset.id == s.item.asset_id, Asset.stored_at.is_(None)).values(
             storage_key=s.key, content_type=s.image.content_type, width=s.image.width,
             height=s.image.height, bytes=s.image.size, sha256=s.image.sha256, stored_at=now)
-        .execution_options(synchronize_session=False)).rowcount]  # type: ignore[attr-defined]
-    # Added, not executed: flushed with the session's other timeline rows in one INSERT.
-    session.add_all([JobEvent(job_id=info.job_id, kind="image_stored", attempt=0, created_at=now,
-                              detail={"index": s.item.index, "key": s.key, "sha256": s.image.sha256, "path": s.path,
-                                      **({"fallback_reason": s.why} if s.why else {})})
-                     for s in recorded])
-    for s in recorded:
+        ).rowcount]  # type: ignore[attr-defined]
+    for s in recorded:  # written with the transaction's other timeline rows, in one INSERT
+        state.add_event(session, info.job_id, "image_stored", 0,
+                        {"index": s.item.index, "key": s.key, "sha256": s.image.sha256, "path": s.path,
+                         **({"fallback_reason": s.why} if s.why else {})}, at=now)
         c.tally.add("orchestrator_images_stored_total", provider=info.provider, path=s.path)
+
+
 def _code(exc: ImageError) -> str:
     """A stable error code from the exception class: InvalidImage -> invalid_image."""
     name = type(exc).__name__
@@ -261,8 +261,9 @@ def _finish(c: Context, info: JobInfo, stored: list[Stored]) -> str:
     with c.session() as session, session.no_autoflush:
         # The job is finished from what the store run knows of it (state storing, its attempt),
         # re-checked by the UPDATE itself; the timeline rows go out in one INSERT at the commit.
+        # Its plan covers every image it had: none is added to a job in `storing` (reconcile
+        # ignores results then), so recording them all completes it.
         moved = state.transition(session, info.job_id, JobState.succeeded, kind="stored", expect=[JobState.storing],
-                                 where=[_all_stored(info.job_id, [s.item.asset_id for s in stored])],
                                  locked=state.Known(JobState.storing, info.batch_id, info.attempt, info.provider))
         _record(c, session, info, stored)
         if not moved.applied:
@@ -270,11 +271,6 @@ def _finish(c: Context, info: JobInfo, stored: list[Stored]) -> str:
     if moved.applied:
         return "succeeded"
     return f"{missing} images still pending" if missing else "unchanged"
-
-
-def _all_stored(job_id: uuid.UUID, storing_now: list[uuid.UUID]) -> sa.ColumnElement[bool]:
-    """No image of the job is unstored but those this run records (checked in the UPDATE that finishes it)."""
-    return ~sa.exists().where(Asset.job_id == job_id, Asset.stored_at.is_(None), Asset.id.not_in(storing_now))
 
 
 def _missing(job_id: uuid.UUID) -> sa.Select[tuple[int]]:

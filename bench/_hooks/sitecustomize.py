@@ -127,3 +127,27 @@ if _DIR:
         _install(_DIR)
     except ImportError:  # a process without psycopg has nothing to count
         pass
+
+
+def _profile(folder: str) -> None:
+    """BENCH_YAPPI_DIR=<dir>: CPU-profile every thread of this process (yappi), saved at exit."""
+    import atexit
+
+    import yappi  # type: ignore[import-not-found]
+
+    def start() -> None:
+        yappi.clear_stats()
+        yappi.set_clock_type("cpu")
+        yappi.start(builtins=False, profile_threads=True)
+
+    def save() -> None:
+        yappi.stop()
+        yappi.get_func_stats().save(os.path.join(folder, f"{os.getpid()}.pstat"), type="pstat")
+
+    start()
+    atexit.register(save)
+    os.register_at_fork(after_in_child=start)
+
+
+if os.environ.get("BENCH_YAPPI_DIR"):
+    _profile(os.environ["BENCH_YAPPI_DIR"])

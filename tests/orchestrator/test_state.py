@@ -100,6 +100,17 @@ def test_cost_accumulates_on_batch(session: Session) -> None:
     assert batch.cost == Decimal("0.0026")
 
 
+def test_a_transition_without_cost_leaves_the_batch_cost_alone(session: Session) -> None:
+    batch, (priced, other) = make_batch(session, [S.submitted, S.submitted])
+    state.transition(session, priced.id, S.storing, kind="result_received", cost=Decimal("0.0013"))
+    session.refresh(batch)  # the counter UPDATE of the first transition is written here
+    state.transition(session, other.id, S.failed, kind="failed")
+    state.transition(session, priced.id, S.succeeded, kind="stored")
+    session.refresh(batch)
+    assert batch.cost == Decimal("0.0013")
+    assert batch.state is BatchState.partially_failed and batch.completion_round == 1
+
+
 def test_batch_becomes_running_when_first_job_moves(session: Session) -> None:
     batch, jobs = make_batch(session, [S.queued, S.queued])
     state.transition(session, jobs[0].id, S.submitting, kind="claim")
