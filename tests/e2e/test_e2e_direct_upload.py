@@ -129,9 +129,10 @@ def test_direct_upload_happy_path_skipped_and_corrupted(
         assert head["ContentType"] == "image/png"
     assert keys_in(stack, "incoming/") == set()
     client = stack.client(make_key(sessions, "acme"))
-    wait_for(lambda: 'orchestrator_images_stored_total{path="direct",provider="runware"} 3'
-             in client.get("/metrics").text, 20, "the stored-images counter")
-    assert 'orchestrator_images_stored_total{path="fallback",provider="runware"} 2' in client.get("/metrics").text
+    # Counters reach /metrics through the worker's once-a-second flush: wait for both lines together.
+    expected = ['orchestrator_images_stored_total{path="direct",provider="runware"} 3',
+                'orchestrator_images_stored_total{path="fallback",provider="runware"} 2']
+    wait_for(lambda: all(line in client.get("/metrics").text for line in expected), 20, "the stored-images counter")
 
 
 def test_late_corrupted_upload_cannot_replace_the_image_and_multi_image_jobs_download(
