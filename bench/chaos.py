@@ -455,7 +455,7 @@ def rows(results: list[RunResult]) -> tuple[list[str], list[list[Any]]]:
         add(f"unknown-outcome resubmissions ({pol})", [r.audit.resubmits_by_policy.get(pol, 0) for r in results])
     for name, attr in (("LOST (jobs not final)", "not_final"), ("batches not final", "batches_not_final"),
                        ("PAID TWICE", "paid_twice"), ("  paid results discarded", "results_discarded"),
-                       ("  earlier result after the job had one", "late_after_resubmit"),
+                       ("  earlier result after the kept one", "late_after_resubmit"),
                        ("paid generations (ledger)", "paid_generations"),
                        ("earlier attempt's result adopted", "adopted"), ("duplicate assets", "duplicate_assets"),
                        ("succeeded, images missing", "incomplete_jobs"), ("objects checked", "objects_checked"),
