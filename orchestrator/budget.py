@@ -157,10 +157,14 @@ def held_counts(session: Session, batch_ids: Iterable[uuid.UUID]) -> dict[uuid.U
     ids = list(batch_ids)
     if not ids:
         return {}
-    return dict(session.execute(
-        sa.select(Job.batch_id, sa.func.count()).where(Job.batch_id.in_(ids), Job.state == JobState.queued,
-                                                       Job.hold_reason == HELD)
-        .group_by(Job.batch_id)).all())
+    return dict(session.execute(held_query(ids)).all())
+
+
+def held_query(batch_ids: list[uuid.UUID]) -> sa.Select[tuple[uuid.UUID, int]]:
+    """Held jobs per batch (read through the partial index ix_jobs_held)."""
+    return (sa.select(Job.batch_id, sa.func.count())
+            .where(Job.batch_id.in_(batch_ids), Job.state == JobState.queued, Job.hold_reason == HELD)
+            .group_by(Job.batch_id))
 
 
 def check_fits(session: Session, tenant: str, estimates: Sequence[JobEstimate], max_cost: Decimal | None) -> None:

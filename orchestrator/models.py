@@ -117,6 +117,9 @@ class Job(Base):
         # reads exactly the rows it takes, however deep the queue (workers/admission.due_jobs).
         sa.Index("ix_jobs_claim", "provider", sa.desc(sa.column("lane")), "next_attempt_at", "position",
                  postgresql_where=sa.text("state = 'queued'"), sqlite_where=sa.text("state = 'queued'")),
+        # Budget-held queued jobs per batch (a batch's status counts them on every poll).
+        sa.Index("ix_jobs_held", "batch_id", postgresql_where=sa.text("state = 'queued' AND hold_reason IS NOT NULL"),
+                 sqlite_where=sa.text("state = 'queued' AND hold_reason IS NOT NULL")),
         sa.Index("ix_jobs_provider_request_id", "provider", "provider_request_id"),
         sa.Index("ix_jobs_state_updated", "state", "updated_at"),
         # Provider mix per batch and "batches using provider/model X" filters, without reading jobs.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -247,3 +248,13 @@ def test_prices_from_settings_price_the_estimate(sessions: sessionmaker[Session]
     finally:
         app.extensions["orchestrator"].publisher.close()
         app.extensions["orchestrator"].engine.dispose()
+
+
+def test_the_held_count_reads_only_held_jobs(session: Session) -> None:
+    """A batch's status counts its budget-held jobs on every poll: through the partial index of
+    held jobs, not a walk over every queued job of the provider."""
+    query = budget.held_query([uuid.uuid4()])
+    session.execute(sa.text("SET LOCAL enable_seqscan = off"))
+    sql = query.compile(session.get_bind(), compile_kwargs={"literal_binds": True, "render_postcompile": True})
+    plan = "\n".join(session.execute(sa.text(f"EXPLAIN {sql}")).scalars())
+    assert "ix_jobs_held" in plan, plan
