@@ -5,6 +5,7 @@ Listing (filters, sorts, cursors) is in orchestrator.batch_lists.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -66,9 +67,17 @@ def create_batch(session: Session, tenant: str, plan: Plan, *, idempotency_key: 
 
 def find_replay(session: Session, tenant: str, idempotency_key: str | None,
                 request_hash: str | None) -> Batch | None:
-    """The batch an idempotency key already created (Conflict if it was for another body)."""
+    """The batch an idempotency key already created (Conflict if it was for another body).
+
+    Two requests with the same key at once are serialised here (a transaction-scoped advisory
+    lock on Postgres; SQLite runs one writer at a time): the second waits for the first to commit
+    and replays its batch, instead of failing on the unique key.
+    """
     if not idempotency_key:
         return None
+    if session.get_bind().dialect.name == "postgresql":
+        digest = hashlib.sha256(f"{tenant}\n{idempotency_key}".encode()).digest()
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))
     existing = session.execute(sa.select(Batch).where(
         Batch.tenant == tenant, Batch.idempotency_key == idempotency_key)).scalar_one_or_none()
     if existing is not None and existing.request_hash != request_hash:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from orchestrator import batches, bulk, intake
 from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.migrate import upgrade
 from orchestrator.models import Asset, Batch, Job
+from tests.stack import wait_for
 
 SEED_MAX = 2**64 - 1
 ODD_TEXT = 'café ☕ 日本語 🦊 "quoted" tab\there\nnew line\r back\\slash \\N \\.'
@@ -151,3 +153,38 @@ def test_an_error_after_copy_leaves_nothing(sessions: sessionmaker[Session], eng
         assert seen == len(ITEMS)  # the copied rows are in this transaction...
         raise RuntimeError("failed after COPY")
     assert _counts(engine) == (0, 0, 0)  # ...and went with its rollback
+
+
+@pytest.mark.committed
+def test_two_requests_with_one_idempotency_key_at_once_make_one_batch(
+        sessions: sessionmaker[Session], engine: Engine) -> None:
+    """The second waits for the first to commit and replays its batch (it used to fail on the
+    unique key: a 500)."""
+    plan = intake.plan(intake.parse_json(json.dumps(BODY).encode(), 100), 100)
+    first = sessions()
+    made, created = batches.create_batch(first, "acme", plan, idempotency_key="same", request_hash="h")
+    assert created
+    outcome: dict[str, Any] = {}
+
+    def second() -> None:
+        try:
+            with session_scope(sessions) as s:
+                batch, again = batches.create_batch(s, "acme", plan, idempotency_key="same", request_hash="h")
+                outcome["result"] = (batch.id, again)
+        except Exception as exc:  # reported below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    def blocked() -> int:  # a fresh connection each time: activity statistics are per transaction
+        with engine.connect() as probe:
+            return probe.scalar(sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                        "AND datname = current_database()")) or 0
+
+    wait_for(blocked, 30, "the second request waiting behind the first")
+    first.commit()
+    first.close()
+    thread.join(30)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"] == (made.id, False)
+    assert _counts(engine)[0] == 1
