@@ -81,13 +81,17 @@ def test_a_real_worker_runs_the_message(broker: redis.Redis, publisher: queue.Pu
     ran: list[str] = []
     done = threading.Event()
 
-    @app.task(name=queue.PROCESS_DELIVERY)
-    def process_delivery(delivery_id: str) -> None:
+    # A task name of the test's own too: the project's shared tasks join every Celery app once
+    # imported (the whole suite imports them), and the first registration of a name wins.
+    task_name = f"wire-test.echo-{uuid.uuid4().hex[:8]}"
+
+    @app.task(name=task_name)
+    def echo(delivery_id: str) -> None:
         ran.append(delivery_id)
         done.set()
 
     assert publisher._wire is not None
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-        publisher._wire.send(queue.PROCESS_DELIVERY, ["delivery-42"], own_queue)
+        publisher._wire.send(task_name, ["delivery-42"], own_queue)
         wait_for(done.is_set, 30, "the worker to run the task")
     assert ran == ["delivery-42"]
