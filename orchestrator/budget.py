@@ -82,8 +82,8 @@ class _Cap:
 def admit(session: Session, due: Sequence[Any], now: datetime, recheck_seconds: float) -> list[uuid.UUID]:
     """The row-locked queued jobs (in claim order) whose estimates fit every cap; the rest are held.
 
-    `due` are the rows of `candidates(...)`: each job with the facts the caps need, so the common
-    case (no cap anywhere) costs no statement at all. Held jobs get the reason `budget` (on their
+    `due` are the claim query's rows (`admit_columns()`): each job with the facts the caps need,
+    so the common case (no cap anywhere) costs no statement at all. Held jobs get the reason `budget` (on their
     timeline the first time) and come due again after `recheck_seconds`, when a finished, failed
     or cheaper job, a new day or a raised cap may let them go.
     """

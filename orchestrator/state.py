@@ -193,9 +193,9 @@ class Known:
 
 
 def fail(session: Session, job_id: uuid.UUID, code: str, message: str, *, detail: dict[str, Any] | None = None,
-         expect: Iterable[JobState] | None = None, locked: Job | Known | None = None) -> Transition:
+         expect: Iterable[JobState] | None = None) -> Transition:
     """Fail a job with an error code and message for the client (the one way a job is failed)."""
-    return transition(session, job_id, FAIL, kind="failed", detail=detail, expect=expect, locked=locked,
+    return transition(session, job_id, FAIL, kind="failed", detail=detail, expect=expect,
                       values={"error_code": code, "error_message": message})
 
 
@@ -277,7 +277,6 @@ def flush_events(session: Session) -> None:
         session.execute(sa.insert(JobEvent.__table__), rows)
 
 
-COUNT_COLUMNS = tuple(f"count_{state.value}" for state in JobState)
 PENDING_KEY = "state_pending_counts"
 
 
@@ -405,7 +404,11 @@ def _forget_after_rollback(session: Session) -> None:
 
 
 def final_state(succeeded: int, failed: int, cancelled: int) -> BatchState:
-    """The final state of a batch whose jobs are all terminal."""
+    """The final state of a batch whose jobs are all terminal.
+
+    The counter statement (`_counts_statement`) applies the same rule in SQL; the chaos audit
+    checks every batch it finishes against this one.
+    """
     if cancelled:
         return BatchState.cancelled
     if not failed:

@@ -15,7 +15,7 @@ however deep the queue is. Every free slot is taken under one lock.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -35,10 +35,14 @@ BUSY_RETRY = 0.2
 class Claim:
     """Jobs claimed for submission, and how long to wait before claiming again (if limited)."""
 
-    jobs: list[tuple[uuid.UUID, int]]
-    retry_in: float | None = None
     # The claimed rows with what their submit needs (state.claim's RETURNING), in claim order.
-    rows: list[Any] = field(default_factory=list)
+    rows: list[Any]
+    retry_in: float | None = None
+
+    @property
+    def jobs(self) -> list[tuple[uuid.UUID, int]]:
+        """(job id, attempt) of each claimed job."""
+        return [(r.id, r.attempt) for r in self.rows]
 
 
 def account(session: Session, provider: str, *, skip_locked: bool = False) -> ProviderAccount | None:
@@ -122,14 +126,13 @@ def claim(session: Session, settings: Settings, provider: str, now: datetime, ma
     rows = state.claim(session, budget.admit(session, due, now, settings.budget_recheck_seconds), now, provider)
     if rows:
         acct.tokens, acct.refilled_at = tokens - len(rows), now
-    claimed = [(r.id, r.attempt) for r in rows]
     if len(due) < n:
-        return Claim(claimed, rows=rows)  # nothing more is due right now
+        return Claim(rows)  # nothing more is due right now
     if n == max_claim and slots > n and tokens - n >= 1:
-        return Claim(claimed, 0.0, rows)  # more fits at once: claim the next page
+        return Claim(rows, 0.0)  # more fits at once: claim the next page
     if int(tokens) < slots:
-        return Claim(claimed, 1.0 / rate, rows)  # token-limited: come back when a token accrues
-    return Claim(claimed, rows=rows)  # slot-limited: a finishing job kicks dispatch
+        return Claim(rows, 1.0 / rate)  # token-limited: come back when a token accrues
+    return Claim(rows)  # slot-limited: a finishing job kicks dispatch
 
 
 def block(session: Session, provider: str, seconds: float, now: datetime) -> None:

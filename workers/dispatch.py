@@ -33,6 +33,8 @@ from workers.context import MAX_COUNTDOWN, Context, ctx, on_slot_freed
 from workers.retry import Retry, requeue, retry_or_fail
 
 log = logging.getLogger(__name__)
+
+
 class Submit(StrEnum):
     """What a submit came to (besides the retry policy's answers for a failed one)."""
 

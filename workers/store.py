@@ -258,7 +258,7 @@ def _finish(c: Context, info: JobInfo, stored: list[Stored]) -> str:
     ref = info.catalog_ref
     if ref and ref.get("keys"):
         return _finish_catalog(c, info, stored, ref)
-    with c.session() as session, session.no_autoflush:
+    with c.session() as session:
         # The job is finished from what the store run knows of it (state storing, its attempt),
         # re-checked by the UPDATE itself; the timeline rows go out in one INSERT at the commit.
         # Its plan covers every image it had: none is added to a job in `storing` (reconcile
