@@ -67,8 +67,12 @@ def test_board_live_progress_picks_export_rerender(make_stack: StackFactory, ses
         seen: set[str] = set()
 
         def done() -> bool:
+            # The state first, then the count: an update landing between the two reads then shows
+            # in the count read (read the other way round, a batch finishing within one poll of
+            # the page was seen as "0" and "succeeded").
+            finished = page.inner_text("#batch-state") == "succeeded"
             seen.add(page.inner_text('[data-count="succeeded"]'))
-            return page.inner_text("#batch-state") == "succeeded"
+            return finished
         wait_for(done, what="live progress to reach succeeded")
         assert page.evaluate("window.__noReload") == 1, "the page reloaded"
         assert "8" in seen and len(seen) >= 2, seen  # it moved while we watched
